@@ -1,0 +1,1 @@
+"""Order placement service: accepts orders over HTTP and hands them to the stock exchange workers."""

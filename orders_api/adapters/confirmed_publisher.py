@@ -1,0 +1,285 @@
+"""Publishes persistent messages to RabbitMQ and waits, for a bounded time, for the broker's confirm.
+
+One asynchronous pika connection per process, driven by its own I/O thread, serves every request
+thread: publishes from many threads share one connection and their confirms arrive in windows,
+heartbeats are answered even while the API is idle, and each caller waits on a future with a
+deadline, so neither a dead nor a blocked broker can hold a request for longer than the timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pika
+import pika.channel
+import pika.frame
+import pika.spec
+from pika.adapters.select_connection import SelectConnection
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the I/O thread waits before reconnecting after losing the broker.
+RECONNECT_DELAY_S = 0.5
+#: Seconds a connection may stay blocked by a broker alarm before it is dropped and reopened.
+BLOCKED_CONNECTION_TIMEOUT_S = 10.0
+
+
+class PublishError(Exception):
+    """The broker did not confirm the message: treat it as not sent."""
+
+
+@dataclass(frozen=True)
+class QueueDeclaration:
+    """A durable queue the publisher declares before its first publish."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Unconfirmed:
+    future: Future[None]
+    message_id: str
+    returned_because: str | None = None
+
+
+class ConfirmedPublisher:
+    """Thread-safe publisher with publisher confirms and ``mandatory`` routing.
+
+    :meth:`publish` returns only once RabbitMQ has taken responsibility for the message
+    (persisted it in a queue); it raises :class:`PublishError` on a nack, an unroutable message,
+    a lost connection or a deadline.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        declarations: Sequence[QueueDeclaration],
+        *,
+        connect_timeout_s: float,
+        confirm_timeout_s: float,
+    ) -> None:
+        self._url = url
+        self._declarations = tuple(declarations)
+        self._connect_timeout_s = connect_timeout_s
+        self._confirm_timeout_s = confirm_timeout_s
+        self._start_lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget any I/O thread: used at first start and in a forked child, which inherits none."""
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._connection: SelectConnection | None = None
+        self._channel: pika.channel.Channel | None = None
+        self._last_tag = 0
+        self._unconfirmed: dict[int, _Unconfirmed] = {}
+        self._tags_by_message_id: dict[str, int] = {}
+
+    def publish(self, routing_key: str, body: bytes, *, message_id: str) -> None:
+        """Publish ``body`` persistently to ``routing_key`` and wait for the broker's confirm.
+
+        :raises PublishError: the message cannot be taken as stored by the broker.
+        """
+        self._ensure_started()
+        if not self._ready.wait(self._connect_timeout_s):
+            raise PublishError("RabbitMQ is not reachable")
+        connection = self._connection
+        if connection is None:
+            raise PublishError("RabbitMQ is not reachable")
+        confirmed: Future[None] = Future()
+        try:
+            connection.ioloop.add_callback_threadsafe(
+                partial(self._publish_in_loop, routing_key, body, message_id, confirmed)
+            )
+        except Exception as error:
+            raise PublishError(f"cannot hand the message to the I/O thread: {error}") from error
+        try:
+            confirmed.result(timeout=self._confirm_timeout_s)
+        except FutureTimeout as error:
+            raise PublishError(f"no confirm from RabbitMQ within {self._confirm_timeout_s} s") from error
+
+    def is_connected(self) -> bool:
+        """Whether the publisher currently holds an open, confirming channel."""
+        return self._ready.is_set()
+
+    def close(self) -> None:
+        """Close the connection and stop the I/O thread; unconfirmed publishes fail."""
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            return
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.ioloop.add_callback_threadsafe(self._close_in_loop)
+            except Exception:
+                logger.debug("publisher connection already gone at close", exc_info=True)
+        thread.join(timeout=self._connect_timeout_s + 1)
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None and self._pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._pid != os.getpid():
+                self._reset()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rabbitmq-publisher", daemon=True)
+                self._thread.start()
+
+    def _parameters(self) -> pika.URLParameters:
+        parameters = pika.URLParameters(self._url)
+        parameters.socket_timeout = self._connect_timeout_s
+        parameters.stack_timeout = self._connect_timeout_s * 2
+        parameters.connection_attempts = 1
+        parameters.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_S
+        parameters.client_properties = {"connection_name": f"orders-api publisher pid={os.getpid()}"}
+        return parameters
+
+    def _run(self) -> None:
+        """Own the connection: open it, run its I/O loop, and reopen it whenever it is lost."""
+        while not self._stopping.is_set():
+            try:
+                connection = SelectConnection(
+                    self._parameters(),
+                    on_open_callback=self._on_connection_open,
+                    on_open_error_callback=self._on_connection_open_error,
+                    on_close_callback=self._on_connection_closed,
+                )
+                self._connection = connection
+                connection.ioloop.start()
+            except Exception:
+                logger.exception("publisher I/O loop crashed")
+            self._ready.clear()
+            self._fail_unconfirmed("the connection to RabbitMQ was lost before the confirm")
+            self._stopping.wait(RECONNECT_DELAY_S)
+
+    def _on_connection_open(self, connection: SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_connection_open_error(self, connection: SelectConnection, error: BaseException) -> None:
+        logger.warning("cannot connect to RabbitMQ: %s", error)
+        connection.ioloop.stop()
+
+    def _on_connection_closed(self, connection: SelectConnection, reason: BaseException) -> None:
+        if not self._stopping.is_set():
+            logger.warning("connection to RabbitMQ closed: %s", reason)
+        self._ready.clear()
+        self._channel = None
+        connection.ioloop.stop()
+
+    def _on_channel_open(self, channel: pika.channel.Channel) -> None:
+        self._channel = channel
+        self._last_tag = 0
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=partial(self._declare_queue, 0))
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
+        """Treat a closed channel like a lost connection, so one code path recovers both."""
+        logger.warning("publisher channel closed: %s", reason)
+        self._ready.clear()
+        self._channel = None
+        self._fail_unconfirmed(f"the channel to RabbitMQ closed: {reason}")
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()
+
+    def _declare_queue(self, index: int, _frame: pika.frame.Method | None = None) -> None:
+        """Declare the queues one after another, then open the publisher for business."""
+        channel = self._channel
+        if channel is None:
+            return
+        if index == len(self._declarations):
+            logger.info("publisher connected to RabbitMQ with confirms on")
+            self._ready.set()
+            return
+        declaration = self._declarations[index]
+        channel.queue_declare(
+            queue=declaration.name,
+            durable=True,
+            arguments=declaration.arguments,
+            callback=partial(self._declare_queue, index + 1),
+        )
+
+    def _publish_in_loop(
+        self, routing_key: str, body: bytes, message_id: str, confirmed: Future[None]
+    ) -> None:
+        channel = self._channel
+        if channel is None or not channel.is_open or not self._ready.is_set():
+            confirmed.set_exception(PublishError("no open channel to RabbitMQ"))
+            return
+        try:
+            channel.basic_publish(
+                exchange="",
+                routing_key=routing_key,
+                body=body,
+                properties=pika.BasicProperties(
+                    delivery_mode=pika.DeliveryMode.Persistent,
+                    content_type="application/json",
+                    message_id=message_id,
+                ),
+                mandatory=True,
+            )
+        except Exception as error:
+            confirmed.set_exception(PublishError(f"publish failed: {error}"))
+            return
+        self._last_tag += 1
+        self._unconfirmed[self._last_tag] = _Unconfirmed(confirmed, message_id)
+        self._tags_by_message_id[message_id] = self._last_tag
+
+    def _on_return(
+        self,
+        _channel: pika.channel.Channel,
+        method: pika.spec.Basic.Return,
+        properties: pika.spec.BasicProperties,
+        _body: bytes,
+    ) -> None:
+        """Remember why a message came back; RabbitMQ sends its confirm right after the return."""
+        tag = self._tags_by_message_id.get(properties.message_id or "")
+        if tag is not None:
+            self._unconfirmed[tag].returned_because = f"{method.reply_code} {method.reply_text}"
+
+    def _on_confirm(self, frame: pika.frame.Method) -> None:
+        method = frame.method
+        acked = isinstance(method, pika.spec.Basic.Ack)
+        tags = [method.delivery_tag]
+        if method.multiple:
+            tags = [tag for tag in self._unconfirmed if tag <= method.delivery_tag]
+        for tag in tags:
+            unconfirmed = self._unconfirmed.pop(tag, None)
+            if unconfirmed is None:
+                continue
+            self._tags_by_message_id.pop(unconfirmed.message_id, None)
+            if not acked:
+                unconfirmed.future.set_exception(PublishError("RabbitMQ refused the message (nack)"))
+            elif unconfirmed.returned_because:
+                unconfirmed.future.set_exception(
+                    PublishError(f"RabbitMQ could not route the message: {unconfirmed.returned_because}")
+                )
+            else:
+                unconfirmed.future.set_result(None)
+
+    def _fail_unconfirmed(self, reason: str) -> None:
+        unconfirmed, self._unconfirmed = self._unconfirmed, {}
+        self._tags_by_message_id = {}
+        for waiting in unconfirmed.values():
+            if not waiting.future.done():
+                waiting.future.set_exception(PublishError(reason))
+
+    def _close_in_loop(self) -> None:
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()
+        elif connection is not None:
+            connection.ioloop.stop()

@@ -1,0 +1,96 @@
+"""Reads and writes orders in PostgreSQL within the caller's transaction."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from orders_api.adapters.tables import orders
+from orders_api.domain import Order, OrderStatus, OrderType, Side
+
+
+def creation_lock_key(order_id: uuid.UUID) -> int:
+    """The advisory lock key under which an order is created, as a signed 64-bit integer.
+
+    Two ids sharing a key only make their transactions wait for each other, which is harmless.
+    """
+    return int.from_bytes(order_id.bytes[:8], "big", signed=True)
+
+
+class SqlAlchemyOrderRepository:
+    """Orders stored in the ``orders`` table; never commits, the unit of work does."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(self, order: Order) -> None:
+        """Insert a new order and hold its creation lock until this transaction ends.
+
+        A worker takes the same lock before reading the order, so it waits for this
+        transaction's outcome instead of mistaking a not-yet-committed order for an orphan.
+        """
+        self._session.execute(sa.select(sa.func.pg_advisory_xact_lock(creation_lock_key(order.id))))
+        self._session.execute(sa.insert(orders).values(**_row(order)))
+
+    def wait_for_creation(self, order_id: uuid.UUID) -> None:
+        """Block until the transaction that created ``order_id``, if any is open, has ended."""
+        self._session.execute(sa.select(sa.func.pg_advisory_xact_lock(creation_lock_key(order_id))))
+
+    def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
+        """Load an order, locking its row until the transaction ends when ``for_update``."""
+        query = sa.select(orders).where(orders.c.id == order_id)
+        if for_update:
+            query = query.with_for_update()
+        row = self._session.execute(query).mappings().one_or_none()
+        return None if row is None else _order(row)
+
+    def update(self, order: Order) -> None:
+        """Write back what may change over an order's life: status, claim, attempts and errors."""
+        self._session.execute(
+            sa.update(orders)
+            .where(orders.c.id == order.id)
+            .values(
+                status=order.status.value,
+                placed_at=order.placed_at,
+                attempts=order.attempts,
+                last_error=order.last_error,
+                claimed_until=order.claimed_until,
+            )
+        )
+
+
+def _row(order: Order) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "created_at": order.created_at,
+        "type": order.type.value,
+        "side": order.side.value,
+        "instrument": order.instrument,
+        "limit_price": order.limit_price,
+        "quantity": order.quantity,
+        "status": order.status.value,
+        "placed_at": order.placed_at,
+        "attempts": order.attempts,
+        "last_error": order.last_error,
+        "claimed_until": order.claimed_until,
+    }
+
+
+def _order(row: sa.RowMapping) -> Order:
+    return Order(
+        id=row["id"],
+        created_at=row["created_at"],
+        type=OrderType(row["type"]),
+        side=Side(row["side"]),
+        instrument=row["instrument"],
+        limit_price=row["limit_price"],
+        quantity=row["quantity"],
+        status=OrderStatus(row["status"]),
+        placed_at=row["placed_at"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        claimed_until=row["claimed_until"],
+    )

@@ -1,0 +1,58 @@
+"""Settings shared by the API and the workers, read from the environment.
+
+Every setting has a default that works on a developer machine with PostgreSQL and RabbitMQ on
+127.0.0.1, so ``make run`` needs nothing else; Kubernetes overrides them with plain variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Where orders are stored. The database is created if it does not exist.
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
+#: The broker; ``%2F`` is the default vhost.
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+#: The queue holding one message per order still to be placed on the exchange.
+DEFAULT_PLACEMENT_QUEUE = "order-placement"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Connection targets and the bounds on every wait the service makes."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    rabbitmq_url: str = DEFAULT_RABBITMQ_URL
+    placement_queue: str = DEFAULT_PLACEMENT_QUEUE
+    #: Seconds to open a TCP connection to PostgreSQL or RabbitMQ.
+    connect_timeout_s: float = 2.0
+    #: Seconds a request waits for the broker's confirm before it gives up and rolls back.
+    confirm_timeout_s: float = 2.0
+    #: Milliseconds any SQL statement (or lock wait) may take.
+    statement_timeout_ms: int = 3000
+    #: Milliseconds a transaction may sit idle; a backstop against a stuck holder of locks.
+    idle_in_transaction_timeout_ms: int = 10000
+    #: Seconds to wait for a free connection from the pool.
+    pool_timeout_s: float = 2.0
+    #: Connections each process keeps open to PostgreSQL.
+    db_pool_size: int = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables, falling back to the defaults."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            database_url=env.get("DATABASE_URL", defaults.database_url),
+            rabbitmq_url=env.get("RABBITMQ_URL", defaults.rabbitmq_url),
+            placement_queue=env.get("PLACEMENT_QUEUE", defaults.placement_queue),
+            connect_timeout_s=float(env.get("CONNECT_TIMEOUT_S", defaults.connect_timeout_s)),
+            confirm_timeout_s=float(env.get("CONFIRM_TIMEOUT_S", defaults.confirm_timeout_s)),
+            statement_timeout_ms=int(env.get("STATEMENT_TIMEOUT_MS", defaults.statement_timeout_ms)),
+            idle_in_transaction_timeout_ms=int(
+                env.get("IDLE_IN_TRANSACTION_TIMEOUT_MS", defaults.idle_in_transaction_timeout_ms)
+            ),
+            pool_timeout_s=float(env.get("DB_POOL_TIMEOUT_S", defaults.pool_timeout_s)),
+            db_pool_size=int(env.get("DB_POOL_SIZE", defaults.db_pool_size)),
+        )

@@ -1,0 +1,1 @@
+"""HTTP entrypoint: the Flask app, its routes and its error contract."""

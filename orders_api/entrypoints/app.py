@@ -1,0 +1,59 @@
+"""The composition point of the API: settings, database, publisher and routes, wired once per app."""
+
+from __future__ import annotations
+
+import atexit
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
+from orders_api.adapters.database import engine_options, sqlalchemy_url
+from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
+from orders_api.adapters.tables import metadata
+from orders_api.config import Settings
+from orders_api.entrypoints import orders
+from orders_api.entrypoints.errors import register_error_handlers
+from orders_api.entrypoints.services import OrderServices
+from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+
+#: Largest request body accepted; an order is a few hundred bytes.
+MAX_BODY_BYTES = 16 * 1024
+
+db = SQLAlchemy(metadata=metadata)
+
+
+def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the API for ``settings`` (the environment's by default).
+
+    Nothing connects here: the database pool and the broker connection open on first use, in
+    the process that serves requests (after gunicorn has forked its workers).
+    """
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.from_mapping(
+        SQLALCHEMY_DATABASE_URI=sqlalchemy_url(settings.database_url).render_as_string(hide_password=False),
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings),
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+    )
+    app.config.from_prefixed_env()
+    app.config.from_mapping(overrides or {})
+    db.init_app(app)
+
+    publisher = ConfirmedPublisher(
+        settings.rabbitmq_url,
+        queue_declarations(settings.placement_queue),
+        connect_timeout_s=settings.connect_timeout_s,
+        confirm_timeout_s=settings.confirm_timeout_s,
+    )
+    atexit.register(publisher.close)
+    app.extensions["orders"] = OrderServices(
+        unit_of_work=lambda: SqlAlchemyUnitOfWork(db.session),
+        placements=PlacementPublisher(publisher, settings.placement_queue),
+    )
+    app.extensions["orders.publisher"] = publisher
+    app.register_blueprint(orders.blueprint)
+    register_error_handlers(app)
+    return app

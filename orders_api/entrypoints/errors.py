@@ -1,0 +1,53 @@
+"""The API's error contract: one JSON shape for every 4xx and the mission's fixed body for 500.
+
+Routes raise; these handlers translate, so no route formats an error of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+#: The body of every 500, fixed to the letter by the service's contract with its clients.
+INTERNAL_ERROR_BODY = {"message": "Internal server error while placing the order"}
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers on ``app``."""
+    app.register_error_handler(ValidationError, _invalid_order)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _internal_error)
+
+
+def client_error(code: int, status: str, message: str, errors: object | None = None) -> tuple[Response, int]:
+    """A 4xx response in the one shape clients can rely on."""
+    body: dict[str, object] = {"code": code, "status": status, "message": message}
+    if errors is not None:
+        body["errors"] = errors
+    return jsonify(body), code
+
+
+def _invalid_order(error: ValidationError) -> tuple[Response, int]:
+    return client_error(
+        422,
+        "Unprocessable Entity",
+        "The order is invalid; see errors for each field at fault.",
+        {"json": error.messages},
+    )
+
+
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    code = error.code or 500
+    if code >= 500:
+        return _internal_error(error)
+    return client_error(code, error.name, error.description or error.name)
+
+
+def _internal_error(error: Exception) -> tuple[Response, int]:
+    logger.error("request failed: %s", error, exc_info=error)
+    return jsonify(INTERNAL_ERROR_BODY), 500

@@ -1,0 +1,87 @@
+"""The ``/orders`` resource: HTTP in, a service call, HTTP out, and nothing more."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from marshmallow import ValidationError
+from werkzeug.exceptions import BadRequest, NotFound
+
+from orders_api.domain import Order, OrderType, Side
+from orders_api.entrypoints.schemas import OrderRequestSchema
+from orders_api.entrypoints.services import OrderServices
+from orders_api.service_layer.ordering import SubmitOrder, get_order, submit_order
+
+blueprint = Blueprint("orders", __name__, url_prefix="/orders")
+
+_request_schema = OrderRequestSchema()
+
+
+@blueprint.post("")
+def create_order() -> tuple[Response, int, dict[str, str]]:
+    """Accept an order: ``201`` only once it is committed and its placement is confirmed by the broker."""
+    fields = _request_schema.load(_json_body())
+    command = SubmitOrder(
+        type=OrderType(fields["type"]),
+        side=Side(fields["side"]),
+        instrument=fields["instrument"],
+        limit_price=fields["limit_price"],
+        quantity=fields["quantity"],
+    )
+    services = _services()
+    order = submit_order(command, services.unit_of_work(), services.placements)
+    location = url_for("orders.show_order", order_id=order.id)
+    return jsonify(order_representation(order)), 201, {"Location": location}
+
+
+@blueprint.get("/<order_id>")
+def show_order(order_id: str) -> Response:
+    """The order and where it stands with the exchange; ``404`` for an unknown or malformed id."""
+    try:
+        parsed = uuid.UUID(order_id)
+    except ValueError:
+        raise NotFound(f"No order with id {order_id!r}.") from None
+    order = get_order(parsed, _services().unit_of_work())
+    if order is None:
+        raise NotFound(f"No order with id {order_id!r}.")
+    return jsonify(order_representation(order))
+
+
+def order_representation(order: Order) -> dict[str, Any]:
+    """The order as clients see it; prices are decimal strings so that no digit is lost to floats."""
+    return {
+        "id": str(order.id),
+        "created_at": order.created_at.astimezone(UTC).isoformat(),
+        "type": order.type.value,
+        "side": order.side.value,
+        "instrument": order.instrument,
+        "limit_price": None if order.limit_price is None else f"{order.limit_price:.2f}",
+        "quantity": order.quantity,
+        "status": order.status.value,
+        "placed_at": None if order.placed_at is None else order.placed_at.astimezone(UTC).isoformat(),
+        "attempts": order.attempts,
+        "last_error": order.last_error,
+    }
+
+
+def _json_body() -> dict[str, Any]:
+    """The body as a JSON object.
+
+    A non-JSON content type gives 415 and a malformed body 400 (both from Flask); valid JSON that
+    is not an object gives 422 like any other invalid order.
+    """
+    try:
+        body = request.get_json()
+    except RecursionError:
+        raise BadRequest("The JSON body is nested too deeply.") from None
+    if not isinstance(body, dict):
+        raise ValidationError({"_schema": ["The body must be a JSON object describing one order."]})
+    return body
+
+
+def _services() -> OrderServices:
+    services: OrderServices = current_app.extensions["orders"]
+    return services

@@ -1,0 +1,17 @@
+"""What the routes need, built once per app by :func:`orders_api.entrypoints.app.create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orders_api.service_layer.ordering import PlacementRequests
+from orders_api.service_layer.unit_of_work import UnitOfWork
+
+
+@dataclass(frozen=True)
+class OrderServices:
+    """The dependencies of the order routes, kept in ``app.extensions["orders"]``."""
+
+    unit_of_work: Callable[[], UnitOfWork]
+    placements: PlacementRequests

@@ -1,0 +1,1 @@
+"""Fast unit tests: plain objects and fakes, no services."""

@@ -1,0 +1,47 @@
+"""The composition point of the workers: broker, database and exchange, wired once per process."""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+from sqlalchemy.orm import sessionmaker
+
+from orders_api import stock_exchange
+from orders_api.adapters.database import create_engine
+from orders_api.domain import Order
+from orders_api.service_layer.placement import Exchange, mark_failed, parse_order_id
+from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from workers.broker import create_broker
+from workers.placement_actor import declare_place_order_actor
+from workers.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def logged_exchange(order: Order) -> None:
+    """Call the stock exchange, logging each call and each success so that calls can be counted."""
+    logger.info("exchange call for order %s", order.id)
+    stock_exchange.place_order(order)
+    logger.info("exchange placed order %s", order.id)
+
+
+def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) -> dramatiq.Broker:
+    """Build the broker with the ``place_order`` actor declared on it, and make it the global broker.
+
+    Nothing connects here: the engine and the broker open connections on first use.
+    """
+    sessions = sessionmaker(bind=create_engine(settings.shared, pool_size=settings.threads))
+
+    def unit_of_work() -> SqlAlchemyUnitOfWork:
+        return SqlAlchemyUnitOfWork(sessions)
+
+    def fail_order(message: dramatiq.MessageProxy, error: BaseException) -> None:
+        order_id = parse_order_id(message.args[0]) if message.args else None
+        if order_id is None or not mark_failed(order_id, unit_of_work(), error):
+            logger.warning("dead-lettered message %s names no pending order", message.message_id)
+
+    broker = create_broker(settings, on_give_up=fail_order)
+    dramatiq.set_broker(broker)
+    declare_place_order_actor(broker, settings, unit_of_work, exchange)
+    return broker

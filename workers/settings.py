@@ -1,0 +1,52 @@
+"""Worker settings from the environment, on top of the settings shared with the API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from orders_api.config import Settings
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How hard and how long the workers try to place an order.
+
+    The defaults retry an unavailable exchange for about an hour and a half: backoff doubles
+    from 1 s up to 5 min (with jitter), 30 retries in all, after which the order is failed and
+    its message dead-lettered for an operator. Every delay stays well under RabbitMQ's 30 min
+    consumer timeout, which would otherwise close the channel holding a delayed message.
+    """
+
+    shared: Settings = field(default_factory=Settings)
+    #: Threads per worker process; also the size of each process's database pool.
+    threads: int = 8
+    #: Retries of a failed placement before the order is failed and dead-lettered.
+    max_retries: int = 30
+    #: Milliseconds before the first retry; doubled for each retry after it.
+    min_backoff_ms: int = 1000
+    #: Longest pause between two retries, in milliseconds.
+    max_backoff_ms: int = 300_000
+    #: Milliseconds one message may run before it is interrupted and retried.
+    time_limit_ms: int = 30_000
+
+    @property
+    def claim_lease(self) -> timedelta:
+        """How long a claim on an order lasts: longer than any message may run, with a margin."""
+        return timedelta(milliseconds=2 * self.time_limit_ms)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        """Build worker settings from environment variables, falling back to the defaults."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            shared=Settings.from_env(env),
+            threads=int(env.get("WORKER_THREADS", defaults.threads)),
+            max_retries=int(env.get("PLACEMENT_MAX_RETRIES", defaults.max_retries)),
+            min_backoff_ms=int(env.get("PLACEMENT_MIN_BACKOFF_MS", defaults.min_backoff_ms)),
+            max_backoff_ms=int(env.get("PLACEMENT_MAX_BACKOFF_MS", defaults.max_backoff_ms)),
+            time_limit_ms=int(env.get("PLACEMENT_TIME_LIMIT_MS", defaults.time_limit_ms)),
+        )
