@@ -77,3 +77,29 @@ class Order:
         if self.claimed_until is not None and self.claimed_until > now:
             raise ClaimHeldError(self.id, self.claimed_until - now)
         return replace(self, attempts=self.attempts + 1, claimed_until=now + lease)
+
+    def placed(self, now: datetime) -> Order:
+        """Return the order as placed on the exchange at ``now``.
+
+        The exchange's acceptance is a fact whatever the order's stored state says, so this
+        applies even over another delivery's claim; an order placed before keeps its first time.
+        """
+        if self.status is OrderStatus.PLACED:
+            return self
+        return replace(self, status=OrderStatus.PLACED, placed_at=now, claimed_until=None, last_error=None)
+
+    def released(self, claim: datetime | None, error: str) -> Order:
+        """Return the order with the claim that ended at ``claim`` released after a failed call.
+
+        A claim that has since been taken over (its lease ran out) is not ours to release: the
+        order is returned unchanged, so a late failure cannot undo another delivery's work.
+        """
+        if self.status is not OrderStatus.PENDING or self.claimed_until != claim:
+            return self
+        return replace(self, claimed_until=None, last_error=error)
+
+    def failed(self, error: str) -> Order:
+        """Return the order as failed for good; only a pending order can fail."""
+        if self.status is not OrderStatus.PENDING:
+            return self
+        return replace(self, status=OrderStatus.FAILED, claimed_until=None, last_error=error)

@@ -81,6 +81,7 @@ class ConfirmedPublisher:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._connection: SelectConnection | None = None
+        self._healthy = True
         self._channel: pika.channel.Channel | None = None
         self._last_tag = 0
         self._unconfirmed: dict[int, _Unconfirmed] = {}
@@ -157,10 +158,14 @@ class ConfirmedPublisher:
                     on_close_callback=self._on_connection_closed,
                 )
                 self._connection = connection
-                connection.ioloop.start()
+                try:
+                    connection.ioloop.start()
+                finally:
+                    self._ready.clear()
+                    self._connection = None
+                    connection.ioloop.close()
             except Exception:
                 logger.exception("publisher I/O loop crashed")
-            self._ready.clear()
             self._fail_unconfirmed("the connection to RabbitMQ was lost before the confirm")
             self._stopping.wait(RECONNECT_DELAY_S)
 
@@ -168,7 +173,10 @@ class ConfirmedPublisher:
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_connection_open_error(self, connection: SelectConnection, error: BaseException) -> None:
-        logger.warning("cannot connect to RabbitMQ: %s", error)
+        # Warn once per outage rather than on every reconnect attempt.
+        level = logging.WARNING if self._healthy else logging.DEBUG
+        logger.log(level, "cannot connect to RabbitMQ: %s", error)
+        self._healthy = False
         connection.ioloop.stop()
 
     def _on_connection_closed(self, connection: SelectConnection, reason: BaseException) -> None:
@@ -202,6 +210,7 @@ class ConfirmedPublisher:
             return
         if index == len(self._declarations):
             logger.info("publisher connected to RabbitMQ with confirms on")
+            self._healthy = True
             self._ready.set()
             return
         declaration = self._declarations[index]
@@ -278,8 +287,11 @@ class ConfirmedPublisher:
                 waiting.future.set_exception(PublishError(reason))
 
     def _close_in_loop(self) -> None:
+        """Close the connection, aborting it if it is still opening; its callbacks then stop the loop."""
         connection = self._connection
-        if connection is not None and connection.is_open:
-            connection.close()
-        elif connection is not None:
+        if connection is None:
+            return
+        if connection.is_closed:
             connection.ioloop.stop()
+        elif not connection.is_closing:
+            connection.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,8 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     the process that serves requests (after gunicorn has forked its workers).
     """
     settings = settings or Settings.from_env()
+    # pika logs every failed reconnect at ERROR; the publisher reports outages once, itself.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     app = Flask(__name__)
     app.config.from_mapping(
         SQLALCHEMY_DATABASE_URI=sqlalchemy_url(settings.database_url).render_as_string(hide_password=False),

@@ -12,10 +12,9 @@ import enum
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 
-from orders_api.domain import Order, OrderSettledError, OrderStatus
+from orders_api.domain import Order, OrderSettledError
 from orders_api.service_layer.ordering import utc_now
 from orders_api.service_layer.unit_of_work import UnitOfWork
 
@@ -66,29 +65,22 @@ def place_on_exchange(
         return claimed
     try:
         exchange(claimed)
-    except Exception as error:
-        _release(claimed, uow, error)
+    except BaseException as error:  # a time limit interrupts with a BaseException; release for it too
+        reason = _describe(error)
+        _record(order_id, uow, lambda order: order.released(claimed.claimed_until, reason))
         raise
-    with uow:
-        uow.orders.update(
-            replace(claimed, status=OrderStatus.PLACED, placed_at=now(), claimed_until=None, last_error=None)
-        )
-        uow.commit()
+    placed_at = now()
+    _record(order_id, uow, lambda order: order.placed(placed_at))
     logger.info("order %s placed on attempt %d", order_id, claimed.attempts)
     return PlacementOutcome.PLACED
 
 
 def mark_failed(order_id: uuid.UUID, uow: UnitOfWork, error: BaseException) -> bool:
     """Record that the order will not be placed; return whether a pending order was failed."""
-    with uow:
-        order = uow.orders.get(order_id, for_update=True)
-        if order is None or order.status is not OrderStatus.PENDING:
-            return False
-        uow.orders.update(
-            replace(order, status=OrderStatus.FAILED, claimed_until=None, last_error=_describe(error))
-        )
-        uow.commit()
-    logger.warning("order %s failed: %s", order_id, _describe(error))
+    failed = _record(order_id, uow, lambda order: order.failed(_describe(error)))
+    if failed is None:
+        return False
+    logger.warning("order %s failed: %s", order_id, failed.last_error)
     return True
 
 
@@ -111,10 +103,22 @@ def _claim(
     return claimed
 
 
-def _release(order: Order, uow: UnitOfWork, error: BaseException) -> None:
+def _record(order_id: uuid.UUID, uow: UnitOfWork, change: Callable[[Order], Order]) -> Order | None:
+    """Apply ``change`` to the order as it is stored now, under its row lock; return it if it changed.
+
+    Re-reading instead of writing back the claimed copy means a change computed from stale
+    state can never overwrite what another delivery recorded meanwhile.
+    """
     with uow:
-        uow.orders.update(replace(order, claimed_until=None, last_error=_describe(error)))
+        current = uow.orders.get(order_id, for_update=True)
+        if current is None:
+            return None
+        changed = change(current)
+        if changed == current:
+            return None
+        uow.orders.update(changed)
         uow.commit()
+        return changed
 
 
 def _describe(error: BaseException) -> str:

@@ -1,0 +1,53 @@
+# Everyday commands. `make run` and `make test` work on a fresh machine with nothing else typed.
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+WEB_WORKERS ?= 2
+WEB_THREADS ?= 16
+WORKER_PROCESSES ?= 2
+WORKER_THREADS ?= 8
+PYTEST_ARGS ?=
+export PORT WEB_WORKERS WEB_THREADS WORKER_PROCESSES WORKER_THREADS
+
+.PHONY: install services migrate run test test-unit test-integration test-e2e lint format clean
+
+install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+services: ## Start PostgreSQL and RabbitMQ if they are down; enable RabbitMQ's management console
+	scripts/ensure-services.sh
+
+migrate: install services ## Create the database if missing and migrate it
+	$(BIN)/orders-db-upgrade
+
+run: migrate ## Serve the API on http://127.0.0.1:$(PORT) and run the workers, in the foreground
+	VENV=$(VENV) scripts/run.sh
+
+test: install services ## The whole suite: unit, integration and end-to-end
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: install ## Fast tests with fakes; no services needed
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install services ## The service layer and adapters against real PostgreSQL and RabbitMQ
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: install services ## Real gunicorn and dramatiq processes over HTTP
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+lint: install ## ruff (lint and format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,81 @@
+"""Fixtures shared by every layer: a database and a RabbitMQ vhost of this run's own.
+
+Each run creates ``orders_test_<id>`` in PostgreSQL and a vhost of the same name in RabbitMQ,
+and drops both at the end, so runs never see each other's data. A missing service fails the
+run loudly instead of skipping tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import psycopg2
+import pytest
+import requests
+from psycopg2 import sql
+
+from orders_api.adapters.database import upgrade
+from orders_api.config import Settings
+from tests.rabbitmq_admin import MANAGEMENT_URL, RabbitAdmin
+
+#: The PostgreSQL server the tests use; each run gets its own database on it.
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+#: The RabbitMQ server the tests use; each run gets its own vhost on it.
+RABBITMQ_HOST_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+@pytest.fixture(scope="session")
+def run_name() -> str:
+    """A name unique to this test run, for its database and its vhost."""
+    return f"orders_test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def database_url(run_name: str) -> Iterator[str]:
+    """A freshly migrated database of this run's own, dropped at the end."""
+    url = f"{POSTGRES_URL}/{run_name}"
+    try:
+        upgrade(url)
+    except psycopg2.OperationalError as error:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}", pytrace=False)
+    yield url
+    connection = psycopg2.connect(f"{POSTGRES_URL}/postgres", connect_timeout=5)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(run_name)))
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def rabbit(run_name: str) -> Iterator[RabbitAdmin]:
+    """A vhost of this run's own, deleted with everything in it at the end."""
+    admin = RabbitAdmin(run_name)
+    try:
+        admin.create_vhost()
+    except requests.RequestException as error:
+        pytest.fail(
+            f"RabbitMQ's management API is not reachable at {MANAGEMENT_URL} ({error}); "
+            "run scripts/ensure-services.sh",
+            pytrace=False,
+        )
+    yield admin
+    admin.delete_vhost()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbit: RabbitAdmin) -> str:
+    """The AMQP URL of this run's vhost."""
+    return f"{RABBITMQ_HOST_URL}/{quote(rabbit.vhost, safe='')}"
+
+
+@pytest.fixture
+def settings(database_url: str, rabbitmq_url: str, request: pytest.FixtureRequest) -> Settings:
+    """Settings for this run's database and vhost, with a placement queue of this test's own."""
+    return Settings(
+        database_url=database_url,
+        rabbitmq_url=rabbitmq_url,
+        placement_queue=f"order-placement.{request.node.name[:80]}.{uuid.uuid4().hex[:6]}",
+    )

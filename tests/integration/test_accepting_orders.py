@@ -1,0 +1,250 @@
+"""POST /orders on real PostgreSQL and RabbitMQ: 201 only with a committed row and a confirmed message."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+
+import psycopg2.extensions
+import pytest
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from flask.testing import FlaskClient
+
+from orders_api.config import Settings
+from orders_api.entrypoints.errors import INTERNAL_ERROR_BODY
+from tests.integration.checks import order_row
+from tests.rabbitmq_admin import RabbitAdmin
+
+pytestmark = pytest.mark.integration
+
+LIMIT_ORDER = {
+    "type": "limit",
+    "side": "buy",
+    "instrument": "US0378331005",
+    "limit_price": 150.5,
+    "quantity": 10,
+}
+MARKET_ORDER = {"type": "market", "side": "sell", "instrument": "DE0007164600", "quantity": 3}
+
+
+@pytest.fixture
+def order() -> dict[str, object]:
+    """A limit order on an instrument no other test uses, so rows can be counted per test."""
+    return {**LIMIT_ORDER, "instrument": uuid.uuid4().hex[:12].upper()}
+
+
+def count_orders(database: psycopg2.extensions.connection, order: dict[str, object]) -> int:
+    with database.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM orders WHERE instrument = %s", (order["instrument"],))
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_accepted_order_is_committed_and_its_message_is_in_the_durable_queue(
+    client: FlaskClient, database: psycopg2.extensions.connection, rabbit: RabbitAdmin, settings: Settings
+) -> None:
+    response = client.post("/orders", json=LIMIT_ORDER)
+
+    assert response.status_code == 201
+    body = response.get_json()
+    assert response.headers["Location"] == f"/orders/{body['id']}"
+    assert body["status"] == "pending"
+    assert Decimal(body["limit_price"]) == Decimal("150.50")
+    assert body["created_at"].endswith("+00:00")
+    row = order_row(database, body["id"])
+    assert row is not None
+    assert row["status"] == "pending"
+    assert row["limit_price"] == Decimal("150.50")
+
+    queue = rabbit.queue(settings.placement_queue)
+    assert queue["durable"] is True
+    [message] = rabbit.peek(settings.placement_queue)
+    assert message["properties"]["delivery_mode"] == 2
+    payload = rabbit.peek_bodies(settings.placement_queue)[0]
+    assert payload["actor_name"] == "place_order"
+    assert payload["args"] == [body["id"]]
+
+
+def test_market_order_is_accepted_without_a_limit_price(client: FlaskClient) -> None:
+    response = client.post("/orders", json=MARKET_ORDER)
+
+    assert response.status_code == 201
+    assert response.get_json()["limit_price"] is None
+
+
+def test_accepted_order_can_be_read_back(client: FlaskClient) -> None:
+    created = client.post("/orders", json=LIMIT_ORDER).get_json()
+
+    response = client.get(f"/orders/{created['id']}")
+
+    assert response.status_code == 200
+    shown = response.get_json()
+    assert shown == created
+    assert shown["placed_at"] is None
+    assert shown["attempts"] == 0
+
+
+@pytest.mark.parametrize("order_id", [str(uuid.uuid4()), "not-a-uuid"])
+def test_unknown_or_malformed_order_id_is_a_json_404(client: FlaskClient, order_id: str) -> None:
+    response = client.get(f"/orders/{order_id}")
+
+    assert response.status_code == 404
+    assert response.get_json()["code"] == 404
+
+
+def test_invalid_order_is_a_422_naming_each_field_and_stores_nothing(
+    client: FlaskClient, database: psycopg2.extensions.connection, order: dict[str, object]
+) -> None:
+    response = client.post("/orders", json={**order, "type": "market", "limit_price": 10, "quantity": 0})
+
+    assert response.status_code == 422
+    assert set(response.get_json()["errors"]["json"]) == {"limit_price", "quantity"}
+    assert count_orders(database, order) == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type", "status"),
+    [
+        ('{"type": "market"', "application/json", 400),
+        ("type=market", "application/x-www-form-urlencoded", 415),
+        ("[1, 2]", "application/json", 422),
+        ("null", "application/json", 422),
+        ("[" * 100_000 + "]" * 100_000, "application/json", 413),
+        ("[" * 5_000 + "]" * 5_000, "application/json", 400),
+    ],
+    ids=["malformed-json", "form-content-type", "json-array", "json-null", "too-large", "too-deep"],
+)
+def test_a_body_that_is_not_one_json_object_is_a_json_4xx(
+    client: FlaskClient, data: str, content_type: str, status: int
+) -> None:
+    response = client.post("/orders", data=data, content_type=content_type)
+
+    assert response.status_code == status
+    assert response.get_json()["code"] == status
+
+
+def test_broker_nack_is_a_500_and_rolls_back_the_order(
+    client: FlaskClient,
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    settings: Settings,
+    order: dict[str, object],
+) -> None:
+    rabbit.set_policy(
+        f"reject-{settings.placement_queue}",
+        f"^{settings.placement_queue.replace('.', '[.]')}$",
+        {"max-length": 0, "overflow": "reject-publish"},
+    )
+    time.sleep(0.5)  # policies apply asynchronously; the management API has no way to wait for it
+
+    response = client.post("/orders", json=order)
+
+    assert response.status_code == 500
+    assert response.get_json() == INTERNAL_ERROR_BODY
+    assert count_orders(database, order) == 0
+
+
+def test_unreachable_broker_is_a_prompt_500_and_stores_nothing(
+    settings: Settings,
+    database: psycopg2.extensions.connection,
+    order: dict[str, object],
+    client_for: Callable[[Settings], FlaskClient],
+) -> None:
+    client = client_for(Settings(database_url=settings.database_url, rabbitmq_url=_closed_port_url()))
+
+    started = time.monotonic()
+    response = client.post("/orders", json=order)
+
+    assert response.status_code == 500
+    assert response.get_json() == INTERNAL_ERROR_BODY
+    assert time.monotonic() - started < settings.connect_timeout_s + 1
+    assert count_orders(database, order) == 0
+
+
+def test_broker_that_never_completes_the_handshake_is_a_bounded_500(
+    settings: Settings,
+    database: psycopg2.extensions.connection,
+    silent_server: int,
+    order: dict[str, object],
+    client_for: Callable[[Settings], FlaskClient],
+) -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{silent_server}/%2F"
+    client = client_for(Settings(database_url=settings.database_url, rabbitmq_url=url))
+
+    started = time.monotonic()
+    response = client.post("/orders", json=order)
+
+    assert response.status_code == 500
+    assert response.get_json() == INTERNAL_ERROR_BODY
+    assert time.monotonic() - started < settings.connect_timeout_s + 1
+    assert count_orders(database, order) == 0
+
+
+def test_unreachable_database_is_a_500(
+    settings: Settings, client_for: Callable[[Settings], FlaskClient]
+) -> None:
+    unreachable = Settings(
+        database_url=f"postgresql://postgres@127.0.0.1:{_closed_port()}/orders",
+        rabbitmq_url=settings.rabbitmq_url,
+    )
+    client = client_for(unreachable)
+
+    response = client.post("/orders", json=LIMIT_ORDER)
+
+    assert response.status_code == 500
+    assert response.get_json() == INTERNAL_ERROR_BODY
+
+
+def test_queues_declared_by_the_api_are_the_ones_dramatiq_declares(
+    client: FlaskClient, settings: Settings
+) -> None:
+    assert client.post("/orders", json=LIMIT_ORDER).status_code == 201
+    broker = RabbitmqBroker(url=settings.rabbitmq_url, confirm_delivery=True)
+    try:
+        broker.declare_queue(settings.placement_queue, ensure=True)  # 406 if the arguments differed
+        assert broker.get_queue_message_counts(settings.placement_queue) == (1, 0, 0)
+    finally:
+        broker.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def _closed_port_url() -> str:
+    return f"amqp://guest:guest@127.0.0.1:{_closed_port()}/%2F"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server that accepts connections and never says a word, like a hung broker."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(timeout=2)
+    for connection in accepted:
+        connection.close()
+    listener.close()

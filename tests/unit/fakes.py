@@ -1,0 +1,241 @@
+"""In-memory stand-ins for the service layer's ports, so unit tests need no database or broker.
+
+The fakes model what the use cases rely on rather than merely recording calls: the unit of work
+keeps a committed store apart from the changes staged in the open transaction and throws the
+staged changes away on leaving without a commit, so a test can tell committed state from work
+that was rolled back. Every fake appends to a shared ``events`` list, so tests can check the
+order in which a use case does things (for instance, that it commits only after the placement
+request succeeded).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Self
+
+from orders_api.domain import Order, OrderStatus, OrderType, Side
+
+#: A fixed moment for tests that need a clock; timezone-aware, as every timestamp of the service is.
+T0 = datetime(2024, 1, 2, 9, 30, tzinfo=UTC)
+
+
+def make_order(
+    *,
+    order_id: uuid.UUID | None = None,
+    created_at: datetime = T0,
+    type: OrderType = OrderType.LIMIT,
+    side: Side = Side.BUY,
+    instrument: str = "US0378331005",
+    limit_price: Decimal | None = Decimal("150.50"),
+    quantity: int = 10,
+    status: OrderStatus = OrderStatus.PENDING,
+    placed_at: datetime | None = None,
+    attempts: int = 0,
+    last_error: str | None = None,
+    claimed_until: datetime | None = None,
+) -> Order:
+    """An order with every field filled, so a test names only the fields it is about."""
+    return Order(
+        id=uuid.uuid4() if order_id is None else order_id,
+        created_at=created_at,
+        type=type,
+        side=side,
+        instrument=instrument,
+        limit_price=limit_price,
+        quantity=quantity,
+        status=status,
+        placed_at=placed_at,
+        attempts=attempts,
+        last_error=last_error,
+        claimed_until=claimed_until,
+    )
+
+
+class FakeOrderRepository:
+    """Orders in a dict, keyed by id, behaving like the SQL repository where the use cases can tell.
+
+    ``add`` refuses a duplicate id as the primary key would; ``update`` writes back only the
+    fields the SQL ``UPDATE`` writes, and changes nothing for an id it does not hold.
+    """
+
+    def __init__(self, orders: Iterable[Order] = (), *, events: list[str] | None = None) -> None:
+        self.rows: dict[uuid.UUID, Order] = {order.id: order for order in orders}
+        self.events: list[str] = [] if events is None else events
+        #: Ids passed to :meth:`wait_for_creation`, in call order.
+        self.waited_for: list[uuid.UUID] = []
+        #: Ids loaded with ``for_update=True``, in call order.
+        self.locked_for_update: list[uuid.UUID] = []
+
+    def add(self, order: Order) -> None:
+        """Store a new order; a second order with the same id is an error, as in PostgreSQL."""
+        self.events.append("add")
+        if order.id in self.rows:
+            raise KeyError(f"duplicate order id {order.id}")
+        self.rows[order.id] = order
+
+    def wait_for_creation(self, order_id: uuid.UUID) -> None:
+        """Record the wait; with no concurrent transactions in memory there is nothing to wait for."""
+        self.events.append("wait_for_creation")
+        self.waited_for.append(order_id)
+
+    def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
+        """The order as this transaction sees it, or ``None``."""
+        self.events.append("get for update" if for_update else "get")
+        if for_update:
+            self.locked_for_update.append(order_id)
+        return self.rows.get(order_id)
+
+    def update(self, order: Order) -> None:
+        """Write back status, placement time, attempts, last error and claim, like the SQL repository."""
+        self.events.append("update")
+        stored = self.rows.get(order.id)
+        if stored is None:
+            return
+        self.rows[order.id] = Order(
+            id=stored.id,
+            created_at=stored.created_at,
+            type=stored.type,
+            side=stored.side,
+            instrument=stored.instrument,
+            limit_price=stored.limit_price,
+            quantity=stored.quantity,
+            status=order.status,
+            placed_at=order.placed_at,
+            attempts=order.attempts,
+            last_error=order.last_error,
+            claimed_until=order.claimed_until,
+        )
+
+
+class FakeUnitOfWork:
+    """A transaction over an in-memory store that really commits and really rolls back.
+
+    Entering stages a copy of the committed orders; :meth:`commit` makes the staged orders the
+    committed ones; leaving discards whatever was staged since the last commit. Tests read
+    :attr:`committed` to see what a use case made durable. Nesting, and touching ``orders``
+    outside a transaction, are errors, since the SQL unit of work cannot do either safely.
+    """
+
+    def __init__(self, *orders: Order, events: list[str] | None = None) -> None:
+        self.events: list[str] = [] if events is None else events
+        #: The durable state: what a later transaction, or another process, would see.
+        self.committed: dict[uuid.UUID, Order] = {order.id: order for order in orders}
+        #: The one repository, whose rows are reset to the committed state on entering and leaving.
+        self.repository = FakeOrderRepository(events=self.events)
+        #: Successful commits so far.
+        self.commits = 0
+        #: Transactions left with uncommitted changes, which were thrown away.
+        self.rollbacks = 0
+        #: When set, :meth:`commit` raises this instead of committing.
+        self.fail_commit_with: Exception | None = None
+        self._in_transaction = False
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open right now."""
+        return self._in_transaction
+
+    @property
+    def orders(self) -> FakeOrderRepository:
+        """The orders as the open transaction sees them."""
+        if not self._in_transaction:
+            raise RuntimeError("orders used outside a transaction")
+        return self.repository
+
+    def __enter__(self) -> Self:
+        """Begin a transaction on a copy of the committed orders."""
+        if self._in_transaction:
+            raise RuntimeError("nested transaction on one unit of work")
+        self._in_transaction = True
+        self.repository.rows = dict(self.committed)
+        self.events.append("begin")
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """End the transaction, discarding what was not committed."""
+        if self.repository.rows != self.committed:
+            self.rollbacks += 1
+            self.events.append("rollback")
+        self.repository.rows = dict(self.committed)
+        self._in_transaction = False
+        self.events.append("end")
+
+    def commit(self) -> None:
+        """Make the staged orders durable, or raise :attr:`fail_commit_with` and keep the old state."""
+        if not self._in_transaction:
+            raise RuntimeError("commit outside a transaction")
+        if self.fail_commit_with is not None:
+            self.events.append("commit failed")
+            raise self.fail_commit_with
+        self.committed = dict(self.repository.rows)
+        self.commits += 1
+        self.events.append("commit")
+
+
+class FakePlacementRequests:
+    """The broker as the API sees it: records each durable request, or raises when told to."""
+
+    def __init__(self, *, events: list[str] | None = None, fail_with: Exception | None = None) -> None:
+        self.events: list[str] = [] if events is None else events
+        self.fail_with = fail_with
+        #: Ids whose placement was durably requested, in order.
+        self.requested: list[uuid.UUID] = []
+
+    def request_placement(self, order_id: uuid.UUID) -> None:
+        """Record the request, or raise :attr:`fail_with` without recording it."""
+        self.events.append("request_placement")
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.requested.append(order_id)
+
+
+class FakeExchange:
+    """The stock exchange as the workers see it: records every order it is given.
+
+    It raises the queued ``failures`` one per call before it starts succeeding, and can run a
+    ``during_call`` hook while a call is in flight, to simulate what happens meanwhile (a second
+    delivery of the same message, the clock moving on).
+    """
+
+    def __init__(
+        self,
+        *,
+        failures: Iterable[Exception] = (),
+        during_call: Callable[[Order], None] | None = None,
+        events: list[str] | None = None,
+    ) -> None:
+        self.failures: list[Exception] = list(failures)
+        self.during_call = during_call
+        self.events: list[str] = [] if events is None else events
+        #: Every order the exchange was called with, in call order, failed calls included.
+        self.orders: list[Order] = []
+
+    def __call__(self, order: Order) -> None:
+        """Take the order, or raise the next queued failure."""
+        self.events.append("exchange")
+        self.orders.append(order)
+        if self.during_call is not None:
+            self.during_call(order)
+        if self.failures:
+            raise self.failures.pop(0)
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it, so leases expire exactly when told."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.current = start
+
+    def __call__(self) -> datetime:
+        """The current fake time."""
+        return self.current
+
+    def advance(self, delta: timedelta) -> None:
+        """Move the clock forward by ``delta``."""
+        self.current += delta

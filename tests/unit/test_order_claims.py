@@ -1,0 +1,102 @@
+"""The claim on an order: a lease that lets only one delivery at a time call the exchange.
+
+These rules are what keeps a redelivered message from placing an order twice, while still
+letting the order be placed after a worker crashed holding its claim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from orders_api.domain import ClaimHeldError, OrderSettledError, OrderStatus
+from tests.unit.fakes import T0, make_order
+
+pytestmark = pytest.mark.unit
+
+LEASE = timedelta(seconds=60)
+
+
+def test_claiming_an_unclaimed_pending_order_counts_an_attempt_and_starts_a_lease() -> None:
+    order = make_order(attempts=0)
+
+    claimed = order.claim(T0, LEASE)
+
+    assert claimed.status is OrderStatus.PENDING
+    assert claimed.attempts == 1
+    assert claimed.claimed_until == T0 + LEASE
+
+
+def test_claiming_changes_nothing_but_the_attempts_and_the_lease() -> None:
+    order = make_order(attempts=3, last_error="OrderPlacementError: earlier outage")
+
+    claimed = order.claim(T0, LEASE)
+
+    assert claimed == replace(order, attempts=4, claimed_until=T0 + LEASE)
+
+
+def test_claiming_returns_a_new_order_and_leaves_the_original_unclaimed() -> None:
+    order = make_order()
+
+    order.claim(T0, LEASE)
+
+    assert order.claimed_until is None
+    assert order.attempts == 0
+
+
+@pytest.mark.parametrize(
+    "expired_by",
+    [
+        pytest.param(timedelta(0), id="lease ending exactly now"),
+        pytest.param(timedelta(microseconds=1), id="lease ended a microsecond ago"),
+        pytest.param(timedelta(hours=1), id="lease ended an hour ago"),
+    ],
+)
+def test_an_expired_claim_can_be_taken_over_so_a_crashed_worker_does_not_strand_the_order(
+    expired_by: timedelta,
+) -> None:
+    order = make_order(attempts=1, claimed_until=T0 - expired_by)
+
+    claimed = order.claim(T0, LEASE)
+
+    assert claimed.attempts == 2
+    assert claimed.claimed_until == T0 + LEASE
+
+
+@pytest.mark.parametrize(
+    "remaining",
+    [
+        pytest.param(timedelta(microseconds=1), id="a microsecond left"),
+        pytest.param(timedelta(seconds=42), id="42 seconds left"),
+        pytest.param(LEASE, id="the whole lease left"),
+    ],
+)
+def test_a_live_claim_is_refused_with_the_time_left_on_it(remaining: timedelta) -> None:
+    order = make_order(attempts=1, claimed_until=T0 + remaining)
+
+    with pytest.raises(ClaimHeldError) as excinfo:
+        order.claim(T0, LEASE)
+
+    assert excinfo.value.retry_after == remaining
+    assert str(order.id) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("status", [OrderStatus.PLACED, OrderStatus.FAILED])
+def test_a_settled_order_cannot_be_claimed_again(status: OrderStatus) -> None:
+    order = make_order(status=status, attempts=1)
+
+    with pytest.raises(OrderSettledError, match=str(order.id)):
+        order.claim(T0, LEASE)
+
+
+@pytest.mark.parametrize("status", [OrderStatus.PLACED, OrderStatus.FAILED])
+def test_a_settled_order_reports_settled_rather_than_claimed_even_under_a_live_claim(
+    status: OrderStatus,
+) -> None:
+    # A settled order has nothing left to do: its redelivery must be dropped, not retried later.
+    order = make_order(status=status, claimed_until=T0 + LEASE)
+
+    with pytest.raises(OrderSettledError):
+        order.claim(T0, LEASE)

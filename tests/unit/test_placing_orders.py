@@ -1,0 +1,375 @@
+"""The worker's side of an order: claim it, call the exchange once, record what happened.
+
+Dramatiq delivers at least once, so the same order id can arrive twice, or arrive for an order
+that never committed; these tests pin down the state each delivery leaves behind and whether
+it reached the exchange. The clock is a fake that moves only when a test moves it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from orders_api.domain import ClaimHeldError, Order, OrderStatus
+from orders_api.service_layer.placement import (
+    PlacementOutcome,
+    UnloadableOrderError,
+    mark_failed,
+    parse_order_id,
+    place_on_exchange,
+)
+from orders_api.stock_exchange import OrderPlacementError
+from tests.unit.fakes import T0, FakeClock, FakeExchange, FakeUnitOfWork, make_order
+
+pytestmark = pytest.mark.unit
+
+LEASE = timedelta(seconds=60)
+UNAVAILABLE = "Failed to place order at stock exchange. Connection not available"
+
+
+def place(
+    order_id: uuid.UUID, uow: FakeUnitOfWork, exchange: FakeExchange, clock: FakeClock
+) -> PlacementOutcome:
+    """Handle one delivery of the placement message for ``order_id``."""
+    return place_on_exchange(order_id, uow, exchange, lease=LEASE, now=clock)
+
+
+def outage() -> OrderPlacementError:
+    """The error the exchange raises when its connection is not available."""
+    return OrderPlacementError(UNAVAILABLE)
+
+
+# Placing a pending order
+
+
+def test_places_a_pending_order_and_records_it_as_placed() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+
+    outcome = place(order.id, uow, FakeExchange(), FakeClock(T0))
+
+    assert outcome is PlacementOutcome.PLACED
+    stored = uow.committed[order.id]
+    assert stored.status is OrderStatus.PLACED
+    assert stored.placed_at == T0
+    assert stored.attempts == 1
+    assert stored.claimed_until is None
+    assert stored.last_error is None
+
+
+def test_calls_the_exchange_once_with_the_whole_order() -> None:
+    order = make_order()
+    exchange = FakeExchange()
+
+    place(order.id, FakeUnitOfWork(order), exchange, FakeClock(T0))
+
+    assert len(exchange.orders) == 1
+    sent = exchange.orders[0]
+    assert sent.id == order.id
+    assert sent.created_at == order.created_at
+    assert sent.type is order.type
+    assert sent.side is order.side
+    assert sent.instrument == order.instrument
+    assert sent.limit_price == order.limit_price
+    assert sent.quantity == order.quantity
+
+
+def test_records_as_placed_at_the_time_the_exchange_returned() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    exchange = FakeExchange(during_call=lambda _: clock.advance(timedelta(seconds=0.5)))
+
+    place(order.id, uow, exchange, clock)
+
+    assert uow.committed[order.id].placed_at == T0 + timedelta(seconds=0.5)
+
+
+def test_commits_the_claim_before_calling_the_exchange_and_calls_it_outside_any_transaction() -> None:
+    # A committed claim is what a concurrent delivery sees; a transaction held open across a
+    # half-second exchange call would hold the row lock and a pooled connection all that time.
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    seen: list[tuple[bool, Order]] = []
+    exchange = FakeExchange(during_call=lambda _: seen.append((uow.in_transaction, uow.committed[order.id])))
+
+    place(order.id, uow, exchange, FakeClock(T0))
+
+    [(in_transaction, committed_during_call)] = seen
+    assert in_transaction is False
+    assert committed_during_call.claimed_until == T0 + LEASE
+    assert committed_during_call.attempts == 1
+    assert committed_during_call.status is OrderStatus.PENDING
+
+
+def test_waits_for_the_creating_transaction_before_loading_the_order_for_update() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+
+    place(order.id, uow, FakeExchange(), FakeClock(T0))
+
+    assert uow.events[:3] == ["begin", "wait_for_creation", "get for update"]
+    assert uow.repository.waited_for == [order.id]
+
+
+def test_places_an_order_whose_previous_claim_has_expired() -> None:
+    order = make_order(attempts=1, claimed_until=T0 - timedelta(seconds=1))
+    uow = FakeUnitOfWork(order)
+    exchange = FakeExchange()
+
+    outcome = place(order.id, uow, exchange, FakeClock(T0))
+
+    assert outcome is PlacementOutcome.PLACED
+    assert uow.committed[order.id].status is OrderStatus.PLACED
+    assert uow.committed[order.id].attempts == 2
+    assert uow.committed[order.id].claimed_until is None
+    assert [sent.id for sent in exchange.orders] == [order.id]
+
+
+# Deliveries with nothing to do
+
+
+def test_drops_a_message_for_an_order_that_never_committed_without_calling_the_exchange() -> None:
+    order_id = uuid.uuid4()
+    uow = FakeUnitOfWork(make_order())
+    exchange = FakeExchange()
+
+    outcome = place(order_id, uow, exchange, FakeClock(T0))
+
+    assert outcome is PlacementOutcome.ORPHAN_DROPPED
+    assert exchange.orders == []
+    assert uow.repository.waited_for == [order_id]
+    assert uow.events.index("wait_for_creation") < uow.events.index("get for update")
+    assert order_id not in uow.committed
+    assert uow.commits == 0
+
+
+@pytest.mark.parametrize("status", [OrderStatus.PLACED, OrderStatus.FAILED])
+def test_ignores_a_repeated_message_for_a_settled_order(status: OrderStatus) -> None:
+    order = make_order(status=status, attempts=1, placed_at=T0 if status is OrderStatus.PLACED else None)
+    uow = FakeUnitOfWork(order)
+    exchange = FakeExchange()
+
+    outcome = place(order.id, uow, exchange, FakeClock(T0 + timedelta(minutes=5)))
+
+    assert outcome is PlacementOutcome.ALREADY_SETTLED
+    assert exchange.orders == []
+    assert uow.committed[order.id] == order
+    assert uow.commits == 0
+
+
+def test_refuses_an_order_under_a_live_claim_without_calling_the_exchange() -> None:
+    order = make_order().claim(T0, LEASE)
+    uow = FakeUnitOfWork(order)
+    exchange = FakeExchange()
+
+    with pytest.raises(ClaimHeldError) as excinfo:
+        place(order.id, uow, exchange, FakeClock(T0 + timedelta(seconds=15)))
+
+    assert excinfo.value.retry_after == timedelta(seconds=45)
+    assert exchange.orders == []
+    assert uow.committed[order.id] == order
+    assert uow.commits == 0
+
+
+def test_a_second_delivery_while_the_first_is_in_flight_never_reaches_the_exchange() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    refusals: list[ClaimHeldError] = []
+
+    def redeliver(_: Order) -> None:
+        try:
+            place(order.id, uow, exchange, clock)
+        except ClaimHeldError as held:
+            refusals.append(held)
+
+    exchange = FakeExchange(during_call=redeliver)
+
+    outcome = place(order.id, uow, exchange, clock)
+
+    assert outcome is PlacementOutcome.PLACED
+    assert len(exchange.orders) == 1
+    assert [held.retry_after for held in refusals] == [LEASE]
+    assert uow.committed[order.id].status is OrderStatus.PLACED
+    assert uow.committed[order.id].attempts == 1
+
+
+# An exchange that fails
+
+
+def test_an_unavailable_exchange_is_reraised_with_the_claim_released_and_the_error_recorded() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    failure = outage()
+
+    with pytest.raises(OrderPlacementError) as excinfo:
+        place(order.id, uow, FakeExchange(failures=[failure]), FakeClock(T0))
+
+    assert excinfo.value is failure
+    stored = uow.committed[order.id]
+    assert stored.status is OrderStatus.PENDING
+    assert stored.claimed_until is None
+    assert stored.attempts == 1
+    assert stored.placed_at is None
+    assert stored.last_error == f"OrderPlacementError: {UNAVAILABLE}"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(RuntimeError("socket closed"), id="RuntimeError"),
+        pytest.param(TimeoutError("no answer"), id="TimeoutError"),
+    ],
+)
+def test_any_error_from_the_exchange_releases_the_claim_so_a_retry_need_not_wait_out_the_lease(
+    error: Exception,
+) -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+
+    with pytest.raises(type(error)):
+        place(order.id, uow, FakeExchange(failures=[error]), FakeClock(T0))
+
+    assert uow.committed[order.id].claimed_until is None
+    assert uow.committed[order.id].last_error == f"{type(error).__name__}: {error}"
+
+
+def test_the_retry_after_an_unavailable_exchange_places_the_order_on_the_second_attempt() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    exchange = FakeExchange(failures=[outage()])
+    with pytest.raises(OrderPlacementError):
+        place(order.id, uow, exchange, clock)
+    clock.advance(timedelta(seconds=1))
+
+    outcome = place(order.id, uow, exchange, clock)
+
+    assert outcome is PlacementOutcome.PLACED
+    stored = uow.committed[order.id]
+    assert stored.status is OrderStatus.PLACED
+    assert stored.attempts == 2
+    assert stored.placed_at == T0 + timedelta(seconds=1)
+    assert stored.last_error is None
+    assert len(exchange.orders) == 2
+
+
+def test_a_late_failure_after_the_lease_expired_does_not_undo_a_placement_made_meanwhile() -> None:
+    # The first delivery's exchange call outlives its lease; a second delivery takes the order
+    # over and places it; then the first call fails. The order must stay placed, or a retry of
+    # the first message would place it on the exchange a third time.
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    calls = 0
+
+    def stall_then_fail(_: Order) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            clock.advance(LEASE + timedelta(seconds=1))
+            place(order.id, uow, exchange, clock)
+            raise outage()
+
+    exchange = FakeExchange(during_call=stall_then_fail)
+
+    with pytest.raises(OrderPlacementError):
+        place(order.id, uow, exchange, clock)
+
+    assert uow.committed[order.id].status is OrderStatus.PLACED
+    assert uow.committed[order.id].attempts == 2
+
+
+# Giving up
+
+
+def test_mark_failed_fails_a_pending_order_with_the_error_that_ended_it() -> None:
+    order = make_order(attempts=30, last_error=f"OrderPlacementError: {UNAVAILABLE}")
+    uow = FakeUnitOfWork(order)
+
+    failed = mark_failed(order.id, uow, outage())
+
+    assert failed is True
+    stored = uow.committed[order.id]
+    assert stored.status is OrderStatus.FAILED
+    assert stored.last_error == f"OrderPlacementError: {UNAVAILABLE}"
+    assert stored.claimed_until is None
+    assert stored.placed_at is None
+    assert stored.attempts == 30
+
+
+def test_mark_failed_records_the_error_that_ended_the_order_rather_than_an_earlier_one() -> None:
+    order = make_order(attempts=1, last_error="TimeoutError: earlier")
+    uow = FakeUnitOfWork(order)
+
+    mark_failed(order.id, uow, ValueError("No order given to place at the stock exchange"))
+
+    assert uow.committed[order.id].last_error == "ValueError: No order given to place at the stock exchange"
+
+
+def test_mark_failed_leaves_a_placed_order_placed() -> None:
+    order = make_order(status=OrderStatus.PLACED, placed_at=T0, attempts=1)
+    uow = FakeUnitOfWork(order)
+
+    failed = mark_failed(order.id, uow, outage())
+
+    assert failed is False
+    assert uow.committed[order.id] == order
+    assert uow.commits == 0
+
+
+def test_mark_failed_leaves_an_already_failed_order_and_its_first_error_alone() -> None:
+    order = make_order(status=OrderStatus.FAILED, attempts=31, last_error="OrderPlacementError: first")
+    uow = FakeUnitOfWork(order)
+
+    failed = mark_failed(order.id, uow, RuntimeError("second"))
+
+    assert failed is False
+    assert uow.committed[order.id] == order
+
+
+def test_mark_failed_reports_false_for_an_unknown_order_and_creates_nothing() -> None:
+    uow = FakeUnitOfWork()
+
+    failed = mark_failed(uuid.uuid4(), uow, outage())
+
+    assert failed is False
+    assert uow.committed == {}
+
+
+# Reading the message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f", id="canonical string"),
+        pytest.param("6F1C2D3E-4B5A-4C7D-8E9F-0A1B2C3D4E5F", id="upper case string"),
+        pytest.param(uuid.UUID("6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"), id="UUID object"),
+    ],
+)
+def test_parse_order_id_reads_the_id_a_message_carries(raw: object) -> None:
+    assert parse_order_id(raw) == uuid.UUID("6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("not-a-uuid", id="words"),
+        pytest.param("", id="empty string"),
+        pytest.param("6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5", id="one digit short"),
+        pytest.param("6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5g", id="non-hex digit"),
+        pytest.param(None, id="None"),
+        pytest.param(42, id="integer"),
+        pytest.param({"order_id": "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"}, id="mapping"),
+    ],
+)
+def test_parse_order_id_rejects_a_message_without_a_valid_id_as_unloadable(raw: object) -> None:
+    with pytest.raises(UnloadableOrderError, match="no valid order id") as excinfo:
+        parse_order_id(raw)
+
+    assert repr(raw) in str(excinfo.value)
+    assert isinstance(excinfo.value.__cause__, ValueError)
