@@ -6,7 +6,7 @@ bin="${VENV:-.venv}/bin"
 
 "$bin/gunicorn" --bind "127.0.0.1:${PORT:-8000}" \
   --worker-class gthread --workers "${WEB_WORKERS:-2}" --threads "${WEB_THREADS:-16}" \
-  --graceful-timeout 20 --access-logfile - orders_api.wsgi:app &
+  --graceful-timeout 20 --no-control-socket --access-logfile - orders_api.wsgi:app &
 api=$!
 "$bin/dramatiq" workers.main --processes "${WORKER_PROCESSES:-2}" --threads "${WORKER_THREADS:-8}" &
 workers=$!

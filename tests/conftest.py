@@ -8,6 +8,7 @@ run loudly instead of skipping tests.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -73,9 +74,13 @@ def rabbitmq_url(rabbit: RabbitAdmin) -> str:
 
 @pytest.fixture
 def settings(database_url: str, rabbitmq_url: str, request: pytest.FixtureRequest) -> Settings:
-    """Settings for this run's database and vhost, with a placement queue of this test's own."""
+    """Settings for this run's database and vhost, with a placement queue of this test's own.
+
+    The queue is named after the test, in the characters Dramatiq allows in queue names.
+    """
+    test_name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name)[:80]
     return Settings(
         database_url=database_url,
         rabbitmq_url=rabbitmq_url,
-        placement_queue=f"order-placement.{request.node.name[:80]}.{uuid.uuid4().hex[:6]}",
+        placement_queue=f"order-placement.{test_name}.{uuid.uuid4().hex[:6]}",
     )
