@@ -195,7 +195,8 @@ class ConfirmedPublisher:
 
     def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
         """Treat a closed channel like a lost connection, so one code path recovers both."""
-        logger.warning("publisher channel closed: %s", reason)
+        if not self._stopping.is_set():
+            logger.warning("publisher channel closed: %s", reason)
         self._ready.clear()
         self._channel = None
         self._fail_unconfirmed(f"the channel to RabbitMQ closed: {reason}")
