@@ -175,7 +175,7 @@ class ConfirmedPublisher:
     def _on_connection_open_error(self, connection: SelectConnection, error: BaseException) -> None:
         # Warn once per outage rather than on every reconnect attempt.
         level = logging.WARNING if self._healthy else logging.DEBUG
-        logger.log(level, "cannot connect to RabbitMQ: %s", error)
+        logger.log(level, "cannot connect to RabbitMQ: %r", error)
         self._healthy = False
         connection.ioloop.stop()
 
