@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -51,6 +53,15 @@ class RabbitAdmin:
             f"policies/{self._vhost_path}/{quote(name, safe='')}",
             json={"pattern": pattern, "definition": definition, "apply-to": "queues", "priority": 10},
         )
+
+    def reject_publishes_to(self, queue: str) -> None:
+        """Make RabbitMQ nack every publish to ``queue``: a full queue that rejects instead of dropping.
+
+        Policies apply asynchronously and the API cannot wait for them, hence the short pause.
+        """
+        pattern = "^" + re.escape(queue) + "$"
+        self.set_policy(f"reject-{queue}", pattern, {"max-length": 0, "overflow": "reject-publish"})
+        time.sleep(0.5)
 
     def delete_policy(self, name: str) -> None:
         self._request("DELETE", f"policies/{self._vhost_path}/{quote(name, safe='')}")

@@ -99,6 +99,12 @@ def queue_drained(rabbit: RabbitAdmin, queue: str) -> None:
     eventually(drained)
 
 
+def dead_lettered_order_ids(rabbit: RabbitAdmin, settings: Settings) -> list[list[str]]:
+    """The arguments of the messages in the dead-letter queue, once there is at least one."""
+    dead = eventually(lambda: rabbit.peek_bodies(f"{settings.placement_queue}.XQ"))
+    return [message["args"] for message in dead]
+
+
 def test_worker_places_a_committed_order_once(
     client: FlaskClient,
     start_worker: StartWorker,
@@ -154,8 +160,7 @@ def test_error_that_retrying_cannot_fix_fails_the_order_and_dead_letters_its_mes
     assert row["last_error"] == "ValueError: instrument not tradable"
     assert len(exchange.calls) == 1
     queue_drained(rabbit, settings.placement_queue)
-    dead = eventually(lambda: rabbit.peek_bodies(f"{settings.placement_queue}.XQ"))
-    assert [message["args"] for message in dead] == [[order_id]]
+    assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
 
 
 def test_exhausted_retries_fail_the_order_and_dead_letter_its_message(
@@ -175,8 +180,7 @@ def test_exhausted_retries_fail_the_order_and_dead_letter_its_message(
     assert row["status"] == "failed"
     assert row["attempts"] == 3
     assert "OrderPlacementError" in str(row["last_error"])
-    dead = eventually(lambda: rabbit.peek_bodies(f"{settings.placement_queue}.XQ"))
-    assert [message["args"] for message in dead] == [[order_id]]
+    assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
 
 
 def test_a_retry_that_cannot_be_republished_is_dead_lettered_not_lost(
@@ -187,13 +191,7 @@ def test_a_retry_that_cannot_be_republished_is_dead_lettered_not_lost(
     settings: Settings,
     exchange_outcomes: Callable[..., None],
 ) -> None:
-    delay_queue = f"{settings.placement_queue}.DQ"
-    rabbit.set_policy(
-        "reject-delayed",
-        f"^{delay_queue.replace('.', '[.]')}$",
-        {"max-length": 0, "overflow": "reject-publish"},
-    )
-    time.sleep(0.5)  # policies apply asynchronously; the management API has no way to wait for it
+    rabbit.reject_publishes_to(f"{settings.placement_queue}.DQ")
     exchange_outcomes(0.95)
     order_id = client.post("/orders", json=ORDER).get_json()["id"]
 
@@ -201,8 +199,7 @@ def test_a_retry_that_cannot_be_republished_is_dead_lettered_not_lost(
     row = settled_row(database, order_id)
 
     assert row["status"] == "failed"
-    dead = eventually(lambda: rabbit.peek_bodies(f"{settings.placement_queue}.XQ"))
-    assert [message["args"] for message in dead] == [[order_id]]
+    assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
 
 
 @pytest.fixture
