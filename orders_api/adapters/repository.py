@@ -58,6 +58,7 @@ class SqlAlchemyOrderRepository:
                 attempts=order.attempts,
                 last_error=order.last_error,
                 claimed_until=order.claimed_until,
+                updated_at=sa.func.now(),
             )
         )
 

@@ -1,4 +1,4 @@
-"""Create the orders table.
+"""Create the orders and idempotency_keys tables.
 
 Revision ID: 0001
 Revises:
@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Create ``orders`` with constraints that mirror the API's validation, as a last line of defence."""
+    """Create ``orders`` (and the keys of idempotent requests) with constraints that mirror the API's validation, as a last line of defence."""
     op.create_table(
         "orders",
         sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True),
@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("last_error", sa.Text, nullable=True),
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.CheckConstraint("type IN ('market', 'limit')", name="orders_type_known"),
         sa.CheckConstraint("side IN ('buy', 'sell')", name="orders_side_known"),
         sa.CheckConstraint("status IN ('pending', 'placed', 'failed')", name="orders_status_known"),
@@ -44,11 +45,22 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("(status = 'placed') = (placed_at IS NOT NULL)", name="orders_placed_at_iff_placed"),
     )
+    # The reconciliation sweep looks for pending orders nobody has touched for a while.
     op.create_index(
-        "orders_pending_created_at", "orders", ["created_at"], postgresql_where=sa.text("status = 'pending'")
+        "orders_pending_updated_at", "orders", ["updated_at"], postgresql_where=sa.text("status = 'pending'")
     )
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("key", sa.Text, primary_key=True),
+        sa.Column("request_fingerprint", sa.Text, nullable=False),
+        sa.Column("order_id", postgresql.UUID(as_uuid=True), sa.ForeignKey("orders.id"), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("length(key) BETWEEN 1 AND 255", name="idempotency_keys_key_length"),
+    )
+    op.create_index("idempotency_keys_created_at", "idempotency_keys", ["created_at"])
 
 
 def downgrade() -> None:
-    """Drop ``orders``."""
+    """Drop ``idempotency_keys`` and ``orders``."""
+    op.drop_table("idempotency_keys")
     op.drop_table("orders")
