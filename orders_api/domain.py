@@ -14,6 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+#: Claims in a row that may end without an outcome (worker killed mid-placement) before the
+#: order counts as poison. A deploy or crash abandons a claim now and then; three in a row on
+#: the same order point at the order.
+MAX_ABANDONED_CLAIMS = 3
+
 
 class OrderType(enum.StrEnum):
     """How the exchange should price the order."""
@@ -45,6 +50,14 @@ class ClaimHeldError(Exception):
         self.retry_after = retry_after
 
 
+class PoisonOrderError(Exception):
+    """Placing this order has been cut short too often in a row: it likely kills its worker.
+
+    Retrying such an order would only take worker after worker down with it; it fails instead,
+    and its message goes to the dead-letter queue for an operator.
+    """
+
+
 class OrderSettledError(Exception):
     """The order is already placed or failed: a later delivery of its message has nothing to do."""
 
@@ -65,18 +78,31 @@ class Order:
     attempts: int = 0
     last_error: str | None = None
     claimed_until: datetime | None = None
+    #: Claims in a row whose lease ran out with no outcome recorded: their worker died mid-placement.
+    abandoned_claims: int = 0
 
     def claim(self, now: datetime, lease: timedelta) -> Order:
         """Return the order claimed for one call to the exchange, lasting at most ``lease``.
 
+        A claim still in place but expired was abandoned by a worker that died mid-placement;
+        taking it over counts towards :data:`MAX_ABANDONED_CLAIMS`.
+
         :raises OrderSettledError: the order is no longer pending.
         :raises ClaimHeldError: another delivery's claim has not yet expired.
+        :raises PoisonOrderError: too many claims in a row were abandoned.
         """
         if self.status is not OrderStatus.PENDING:
             raise OrderSettledError(f"order {self.id} is already {self.status}")
-        if self.claimed_until is not None and self.claimed_until > now:
-            raise ClaimHeldError(self.id, self.claimed_until - now)
-        return replace(self, attempts=self.attempts + 1, claimed_until=now + lease)
+        abandoned = self.abandoned_claims
+        if self.claimed_until is not None:
+            if self.claimed_until > now:
+                raise ClaimHeldError(self.id, self.claimed_until - now)
+            abandoned += 1
+        if abandoned >= MAX_ABANDONED_CLAIMS:
+            raise PoisonOrderError(f"placing order {self.id} was cut short {abandoned} times in a row")
+        return replace(
+            self, attempts=self.attempts + 1, claimed_until=now + lease, abandoned_claims=abandoned
+        )
 
     def placed(self, now: datetime) -> Order:
         """Return the order as placed on the exchange at ``now``.
@@ -86,7 +112,14 @@ class Order:
         """
         if self.status is OrderStatus.PLACED:
             return self
-        return replace(self, status=OrderStatus.PLACED, placed_at=now, claimed_until=None, last_error=None)
+        return replace(
+            self,
+            status=OrderStatus.PLACED,
+            placed_at=now,
+            claimed_until=None,
+            last_error=None,
+            abandoned_claims=0,
+        )
 
     def released(self, claim: datetime | None, error: str) -> Order:
         """Return the order with the claim that ended at ``claim`` released after a failed call.
@@ -96,10 +129,22 @@ class Order:
         """
         if self.status is not OrderStatus.PENDING or self.claimed_until != claim:
             return self
-        return replace(self, claimed_until=None, last_error=error)
+        return replace(self, claimed_until=None, last_error=error, abandoned_claims=0)
 
     def failed(self, error: str) -> Order:
         """Return the order as failed for good; only a pending order can fail."""
         if self.status is not OrderStatus.PENDING:
             return self
         return replace(self, status=OrderStatus.FAILED, claimed_until=None, last_error=error)
+
+    def reopened(self) -> Order:
+        """Return a failed order pending again, for an operator replaying its dead-lettered message.
+
+        ``attempts`` and ``last_error`` stay as the record of what went wrong; the count of
+        abandoned claims starts afresh, as the replayed message's retries do. An order that is
+        not failed is returned unchanged: a pending one needs no reopening, a placed one must
+        never be placed again.
+        """
+        if self.status is not OrderStatus.FAILED:
+            return self
+        return replace(self, status=OrderStatus.PENDING, claimed_until=None, abandoned_claims=0)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -22,15 +23,16 @@ _TIMEOUT_S = 10
 
 
 class RabbitAdmin:
-    """Operations on one vhost."""
+    """Operations on one vhost, of the shared server or of another node (``management_url``)."""
 
-    def __init__(self, vhost: str) -> None:
+    def __init__(self, vhost: str, management_url: str = MANAGEMENT_URL) -> None:
         self.vhost = vhost
         self._vhost_path = quote(vhost, safe="")
+        self._management_url = management_url
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         response = requests.request(
-            method, f"{MANAGEMENT_URL}/api/{path}", auth=MANAGEMENT_AUTH, timeout=_TIMEOUT_S, **kwargs
+            method, f"{self._management_url}/api/{path}", auth=MANAGEMENT_AUTH, timeout=_TIMEOUT_S, **kwargs
         )
         response.raise_for_status()
         return response
@@ -55,16 +57,65 @@ class RabbitAdmin:
         )
 
     def reject_publishes_to(self, queue: str) -> None:
-        """Make RabbitMQ nack every publish to ``queue``: a full queue that rejects instead of dropping.
+        """Make RabbitMQ nack every further publish to ``queue``: a full queue that rejects.
 
-        Policies apply asynchronously and the API cannot wait for them, hence the short pause.
+        ``queue`` must exist. A quorum queue rejects only once it is *over* its length limit,
+        so one filler message (a placement request for an order that does not exist, which a
+        worker would drop) goes in first; policies apply asynchronously and the API cannot wait
+        for them, hence the short pause.
         """
+        filler = {"queue_name": queue, "actor_name": "place_order", "args": [str(uuid.uuid4())], "kwargs": {}}
+        routed = self._request(
+            "POST",
+            "exchanges/" + self._vhost_path + "/amq.default/publish",
+            json={
+                "routing_key": queue,
+                "payload": json.dumps(
+                    {**filler, "options": {}, "message_id": str(uuid.uuid4()), "message_timestamp": 0}
+                ),
+                "payload_encoding": "string",
+                "properties": {"delivery_mode": 2},
+            },
+        ).json()["routed"]
+        assert routed, f"queue {queue} must exist before it can be made to reject publishes"
         pattern = "^" + re.escape(queue) + "$"
         self.set_policy(f"reject-{queue}", pattern, {"max-length": 0, "overflow": "reject-publish"})
         time.sleep(0.5)
 
+    def remove_queue_for_good(self, queue: str) -> None:
+        """Delete ``queue`` and refuse this run's user to declare it again (403 from RabbitMQ).
+
+        Publishes to it then come back unroutable and cannot be mended by re-declaring it: a
+        queue that, for as long as this lasts, takes no message at all.
+        """
+        self._request("DELETE", f"queues/{self._vhost_path}/{quote(queue, safe='')}")
+        self._set_permissions(configure="^(?!" + re.escape(queue) + "$).*")
+
+    def restore_permissions(self) -> None:
+        self._set_permissions(configure=".*")
+
+    def _set_permissions(self, *, configure: str) -> None:
+        user = quote(MANAGEMENT_AUTH[0], safe="")
+        permissions = {"configure": configure, "write": ".*", "read": ".*"}
+        self._request("PUT", f"permissions/{self._vhost_path}/{user}", json=permissions)
+
     def delete_policy(self, name: str) -> None:
         self._request("DELETE", f"policies/{self._vhost_path}/{quote(name, safe='')}")
+
+    def close_consumer_connections(self, queue: str) -> int:
+        """Close every connection consuming from ``queue``, as a network blip would; return how many.
+
+        Their unacknowledged messages go back to the queue, ready, until the consumers reconnect.
+        """
+        consumers: list[dict[str, Any]] = self._request("GET", f"consumers/{self._vhost_path}").json()
+        names = {
+            consumer["channel_details"]["connection_name"]
+            for consumer in consumers
+            if consumer["queue"]["name"] == queue
+        }
+        for name in names:
+            self._request("DELETE", f"connections/{quote(name, safe='')}")
+        return len(names)
 
     def queue(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request(

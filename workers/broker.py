@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import pika.frame
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import dq_name, xq_name
 from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
 
+from orders_api.adapters.placement_queue import queue_declarations
+from workers.liveness import WorkerLiveness
 from workers.retries import DeadLetteringRetries, GiveUpHandler
 from workers.settings import WorkerSettings
 
@@ -31,9 +35,31 @@ def bounded_url(url: str, connect_timeout_s: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+class PlacementBroker(RabbitmqBroker):
+    """Dramatiq's RabbitMQ broker, declaring its queues exactly as the API does.
+
+    Dramatiq would declare classic queues with arguments of its own; RabbitMQ refuses (406) to
+    re-declare a queue with different arguments, so both sides use
+    :func:`orders_api.adapters.placement_queue.queue_declarations`.
+    """
+
+    def _declaration(self, name: str, canonical_name: str) -> pika.frame.Method:
+        [declaration] = [d for d in queue_declarations(canonical_name) if d.name == name]
+        return self.channel.queue_declare(queue=name, durable=True, arguments=declaration.arguments)
+
+    def _declare_queue(self, queue_name: str) -> pika.frame.Method:
+        return self._declaration(queue_name, queue_name)
+
+    def _declare_dq_queue(self, queue_name: str) -> pika.frame.Method:
+        return self._declaration(dq_name(queue_name), queue_name)
+
+    def _declare_xq_queue(self, queue_name: str) -> pika.frame.Method:
+        return self._declaration(xq_name(queue_name), queue_name)
+
+
 def create_broker(settings: WorkerSettings, on_give_up: GiveUpHandler) -> RabbitmqBroker:
     """A broker whose retries dead-letter instead of losing messages and report what they give up."""
-    return RabbitmqBroker(
+    return PlacementBroker(
         url=bounded_url(settings.shared.rabbitmq_url, settings.shared.connect_timeout_s),
         confirm_delivery=True,
         middleware=[
@@ -41,5 +67,6 @@ def create_broker(settings: WorkerSettings, on_give_up: GiveUpHandler) -> Rabbit
             ShutdownNotifications(),
             CurrentMessage(),
             DeadLetteringRetries(on_give_up=on_give_up),
+            WorkerLiveness(),
         ],
     )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import dramatiq
 
 from orders_api.adapters.placement_queue import PLACE_ORDER_ACTOR
-from orders_api.domain import ClaimHeldError
+from orders_api.domain import ClaimHeldError, PoisonOrderError
 from orders_api.service_layer.placement import (
     Exchange,
     UnloadableOrderError,
@@ -22,7 +22,7 @@ from workers.settings import WorkerSettings
 logger = logging.getLogger(__name__)
 
 #: Errors that no retry can fix: the message goes straight to the dead-letter queue.
-NOT_RETRYABLE = (ValueError, UnloadableOrderError)
+NOT_RETRYABLE = (ValueError, UnloadableOrderError, PoisonOrderError)
 
 
 def declare_place_order_actor(

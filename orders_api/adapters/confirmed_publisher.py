@@ -114,6 +114,15 @@ class ConfirmedPublisher:
         """Whether the publisher currently holds an open, confirming channel."""
         return self._ready.is_set()
 
+    def wait_until_connected(self, timeout_s: float) -> bool:
+        """Whether a confirming channel is open within ``timeout_s``, connecting first if need be.
+
+        For readiness probes: it answers about the very connection requests publish on, and
+        starts the I/O thread so that a process that has served no order yet is probed too.
+        """
+        self._ensure_started()
+        return self._ready.wait(timeout_s)
+
     def close(self) -> None:
         """Close the connection and stop the I/O thread; unconfirmed publishes fail."""
         thread = self._thread
@@ -266,6 +275,10 @@ class ConfirmedPublisher:
         tags = [method.delivery_tag]
         if method.multiple:
             tags = [tag for tag in self._unconfirmed if tag <= method.delivery_tag]
+        if not acked:
+            # A quorum queue that rejected a publish keeps rejecting that channel's publishes
+            # after it has room again (RabbitMQ 3.10); a fresh channel is accepted at once.
+            self._recycle_channel()
         for tag in tags:
             unconfirmed = self._unconfirmed.pop(tag, None)
             if unconfirmed is None:
@@ -279,6 +292,14 @@ class ConfirmedPublisher:
                 )
             else:
                 unconfirmed.future.set_result(None)
+
+    def _recycle_channel(self) -> None:
+        """Close the channel after the current callbacks; the connection is then reopened afresh."""
+        channel = self._channel
+        connection = self._connection
+        if channel is not None and connection is not None and channel.is_open:
+            self._ready.clear()
+            connection.ioloop.add_callback(channel.close)
 
     def _fail_unconfirmed(self, reason: str) -> None:
         unconfirmed, self._unconfirmed = self._unconfirmed, {}

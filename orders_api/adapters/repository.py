@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,6 +48,28 @@ class SqlAlchemyOrderRepository:
         row = self._session.execute(query).mappings().one_or_none()
         return None if row is None else _order(row)
 
+    def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
+        """Lock up to ``limit`` pending orders untouched for ``untouched_for`` and not under a live claim.
+
+        Oldest first, by the database's clock, on the partial index over pending orders.
+        ``SKIP LOCKED`` passes over rows another transaction holds (a concurrent sweep, or a
+        worker claiming the order), so concurrent sweeps split the stale orders between them
+        instead of republishing one twice, and neither waits for the other.
+        """
+        now = sa.func.now()
+        query = (
+            sa.select(orders)
+            .where(
+                orders.c.status == OrderStatus.PENDING.value,
+                orders.c.updated_at < now - sa.literal(untouched_for, sa.Interval),
+                sa.or_(orders.c.claimed_until.is_(None), orders.c.claimed_until < now),
+            )
+            .order_by(orders.c.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [_order(row) for row in self._session.execute(query).mappings()]
+
     def update(self, order: Order) -> None:
         """Write back what may change over an order's life: status, claim, attempts and errors."""
         self._session.execute(
@@ -58,6 +81,7 @@ class SqlAlchemyOrderRepository:
                 attempts=order.attempts,
                 last_error=order.last_error,
                 claimed_until=order.claimed_until,
+                abandoned_claims=order.abandoned_claims,
                 updated_at=sa.func.now(),
             )
         )
@@ -77,6 +101,7 @@ def _row(order: Order) -> dict[str, Any]:
         "attempts": order.attempts,
         "last_error": order.last_error,
         "claimed_until": order.claimed_until,
+        "abandoned_claims": order.abandoned_claims,
     }
 
 
@@ -94,4 +119,5 @@ def _order(row: sa.RowMapping) -> Order:
         attempts=row["attempts"],
         last_error=row["last_error"],
         claimed_until=row["claimed_until"],
+        abandoned_claims=row["abandoned_claims"],
     )

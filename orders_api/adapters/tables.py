@@ -22,6 +22,7 @@ orders = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("abandoned_claims", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 

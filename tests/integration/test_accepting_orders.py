@@ -11,13 +11,13 @@ from decimal import Decimal
 
 import psycopg2.extensions
 import pytest
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from flask.testing import FlaskClient
 
 from orders_api.config import Settings
 from orders_api.entrypoints.errors import INTERNAL_ERROR_BODY
 from tests.integration.checks import order_row
 from tests.rabbitmq_admin import RabbitAdmin
+from workers.broker import PlacementBroker
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +135,7 @@ def test_broker_nack_is_a_500_and_rolls_back_the_order(
     settings: Settings,
     order: dict[str, object],
 ) -> None:
+    assert client.post("/orders", json=LIMIT_ORDER).status_code == 201  # declares the queue
     rabbit.reject_publishes_to(settings.placement_queue)
 
     response = client.post("/orders", json=order)
@@ -181,13 +182,14 @@ def test_unreachable_database_is_a_500(
     assert response.get_json() == INTERNAL_ERROR_BODY
 
 
-def test_queues_declared_by_the_api_are_the_ones_dramatiq_declares(
-    client: FlaskClient, settings: Settings
+def test_queues_declared_by_the_api_are_the_ones_the_workers_declare(
+    client: FlaskClient, settings: Settings, rabbit: RabbitAdmin
 ) -> None:
     assert client.post("/orders", json=LIMIT_ORDER).status_code == 201
-    broker = RabbitmqBroker(url=settings.rabbitmq_url, confirm_delivery=True)
+    broker = PlacementBroker(url=settings.rabbitmq_url, confirm_delivery=True)
     try:
         broker.declare_queue(settings.placement_queue, ensure=True)  # 406 if the arguments differed
+        assert rabbit.queue(settings.placement_queue)["type"] == "quorum"
         assert broker.get_queue_message_counts(settings.placement_queue) == (1, 0, 0)
     finally:
         broker.close()

@@ -183,25 +183,6 @@ def test_exhausted_retries_fail_the_order_and_dead_letter_its_message(
     assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
 
 
-def test_a_retry_that_cannot_be_republished_is_dead_lettered_not_lost(
-    client: FlaskClient,
-    start_worker: StartWorker,
-    database: psycopg2.extensions.connection,
-    rabbit: RabbitAdmin,
-    settings: Settings,
-    exchange_outcomes: Callable[..., None],
-) -> None:
-    rabbit.reject_publishes_to(f"{settings.placement_queue}.DQ")
-    exchange_outcomes(0.95)
-    order_id = client.post("/orders", json=ORDER).get_json()["id"]
-
-    start_worker(RecordingExchange())
-    row = settled_row(database, order_id)
-
-    assert row["status"] == "failed"
-    assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
-
-
 @pytest.fixture
 def placements(settings: Settings) -> Iterator[PlacementPublisher]:
     """Publish placement requests the way the API does, for orders the test controls."""
@@ -292,6 +273,35 @@ def test_worker_waits_for_the_creating_transaction_before_deciding(
     else:
         assert order_row(database, str(order.id)) is None
         assert exchange.calls == []
+
+
+def test_a_retry_that_cannot_be_republished_is_dead_lettered_not_lost(
+    request: pytest.FixtureRequest,
+    start_worker: StartWorker,
+    placements: PlacementPublisher,
+    unit_of_work: Callable[[], SqlAlchemyUnitOfWork],
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    settings: Settings,
+    exchange_outcomes: Callable[..., None],
+) -> None:
+    exchange_outcomes(0.95)
+    order = new_order()
+    with unit_of_work() as uow:
+        uow.orders.add(order)
+        placements.request_placement(order.id)
+        start_worker(RecordingExchange())
+        eventually(lambda: waiting_for_advisory_locks(database) == 1)
+        # The worker has declared its queues and waits on the order; now take its delay queue away.
+        request.addfinalizer(rabbit.restore_permissions)
+        rabbit.remove_queue_for_good(f"{settings.placement_queue}.DQ")
+        uow.commit()
+
+    row = settled_row(database, str(order.id))
+
+    assert row["status"] == "failed"
+    assert row["attempts"] == 1
+    assert dead_lettered_order_ids(rabbit, settings) == [[str(order.id)]]
 
 
 def test_two_deliveries_of_one_order_place_it_once(

@@ -11,7 +11,13 @@ from datetime import timedelta
 
 import pytest
 
-from orders_api.domain import ClaimHeldError, OrderSettledError, OrderStatus
+from orders_api.domain import (
+    MAX_ABANDONED_CLAIMS,
+    ClaimHeldError,
+    OrderSettledError,
+    OrderStatus,
+    PoisonOrderError,
+)
 from tests.unit.fakes import T0, make_order
 
 pytestmark = pytest.mark.unit
@@ -100,3 +106,29 @@ def test_a_settled_order_reports_settled_rather_than_claimed_even_under_a_live_c
 
     with pytest.raises(OrderSettledError):
         order.claim(T0, LEASE)
+
+
+def test_taking_over_an_expired_claim_counts_it_as_abandoned() -> None:
+    order = make_order(claimed_until=T0 - timedelta(seconds=1))
+
+    claimed = order.claim(T0, LEASE)
+
+    assert claimed.abandoned_claims == 1
+
+
+def test_an_order_whose_placement_was_cut_short_too_often_in_a_row_is_poison() -> None:
+    order = make_order(claimed_until=T0 - timedelta(seconds=1), abandoned_claims=MAX_ABANDONED_CLAIMS - 1)
+
+    with pytest.raises(PoisonOrderError):
+        order.claim(T0, LEASE)
+
+
+def test_a_claim_that_ends_with_an_outcome_clears_the_count_of_abandoned_ones() -> None:
+    claimed = make_order(claimed_until=T0 - timedelta(seconds=1), abandoned_claims=1).claim(T0, LEASE)
+    assert claimed.abandoned_claims == 2
+
+    released = claimed.released(claimed.claimed_until, "OrderPlacementError: unavailable")
+    placed = claimed.placed(T0)
+
+    assert released.abandoned_claims == 0
+    assert placed.abandoned_claims == 0

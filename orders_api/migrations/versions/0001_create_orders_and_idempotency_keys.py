@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("last_error", sa.Text, nullable=True),
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("abandoned_claims", sa.Integer, nullable=False, server_default="0"),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.CheckConstraint("type IN ('market', 'limit')", name="orders_type_known"),
         sa.CheckConstraint("side IN ('buy', 'sell')", name="orders_side_known"),
