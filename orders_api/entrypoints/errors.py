@@ -11,6 +11,12 @@ from flask import Flask, Response, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from orders_api.idempotency import (
+    IdempotencyKeyInFlightError,
+    IdempotencyKeyReusedError,
+    InvalidIdempotencyKeyError,
+)
+
 logger = logging.getLogger(__name__)
 
 #: The body of every 500, fixed to the letter by the service's contract with its clients.
@@ -20,6 +26,9 @@ INTERNAL_ERROR_BODY = {"message": "Internal server error while placing the order
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers on ``app``."""
     app.register_error_handler(ValidationError, _invalid_order)
+    app.register_error_handler(InvalidIdempotencyKeyError, _invalid_idempotency_key)
+    app.register_error_handler(IdempotencyKeyReusedError, _idempotency_key_reused)
+    app.register_error_handler(IdempotencyKeyInFlightError, _idempotency_key_in_flight)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
 
@@ -39,6 +48,32 @@ def _invalid_order(error: ValidationError) -> tuple[Response, int]:
         "The order is invalid; see errors for each field at fault.",
         {"json": error.messages},
     )
+
+
+def _invalid_idempotency_key(error: InvalidIdempotencyKeyError) -> tuple[Response, int]:
+    return client_error(
+        400,
+        "Bad Request",
+        "The Idempotency-Key header is invalid.",
+        {"headers": {"Idempotency-Key": [str(error)]}},
+    )
+
+
+def _idempotency_key_reused(error: IdempotencyKeyReusedError) -> tuple[Response, int]:
+    return client_error(
+        422,
+        "Unprocessable Entity",
+        "This Idempotency-Key was already used with a different request; send a new key for a new order.",
+    )
+
+
+def _idempotency_key_in_flight(error: IdempotencyKeyInFlightError) -> tuple[Response, int]:
+    logger.info("%s", error)
+    response, code = client_error(
+        409, "Conflict", "A request with this Idempotency-Key is still in progress; retry it shortly."
+    )
+    response.headers["Retry-After"] = "1"
+    return response, code
 
 
 def _http_error(error: HTTPException) -> tuple[Response, int]:

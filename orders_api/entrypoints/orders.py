@@ -13,17 +13,26 @@ from werkzeug.exceptions import BadRequest, NotFound
 from orders_api.domain import Order, OrderType, Side
 from orders_api.entrypoints.schemas import OrderRequestSchema
 from orders_api.entrypoints.services import OrderServices
+from orders_api.idempotency import IdempotentRequest, request_fingerprint, validated_key
 from orders_api.service_layer.ordering import SubmitOrder, get_order, submit_order
 
 blueprint = Blueprint("orders", __name__, url_prefix="/orders")
 
 _request_schema = OrderRequestSchema()
 
+#: The optional request header that makes ``POST /orders`` safe to retry.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+
 
 @blueprint.post("")
 def create_order() -> tuple[Response, int, dict[str, str]]:
-    """Accept an order: ``201`` only once it is committed and its placement is confirmed by the broker."""
-    fields = _request_schema.load(_json_body())
+    """Accept an order: ``201`` only once it is committed and its placement is confirmed by the broker.
+
+    A repeat with the same ``Idempotency-Key`` and body gets the same order and answer again.
+    """
+    key = _idempotency_key()
+    body = _json_body()
+    fields = _request_schema.load(body)
     command = SubmitOrder(
         type=OrderType(fields["type"]),
         side=Side(fields["side"]),
@@ -32,7 +41,8 @@ def create_order() -> tuple[Response, int, dict[str, str]]:
         quantity=fields["quantity"],
     )
     services = _services()
-    order = submit_order(command, services.unit_of_work(), services.placements)
+    idempotency = None if key is None else IdempotentRequest(key, request_fingerprint(body))
+    order = submit_order(command, services.unit_of_work(), services.placements, idempotency=idempotency)
     location = url_for("orders.show_order", order_id=order.id)
     return jsonify(order_representation(order)), 201, {"Location": location}
 
@@ -70,16 +80,31 @@ def order_representation(order: Order) -> dict[str, Any]:
 def _json_body() -> dict[str, Any]:
     """The body as a JSON object.
 
-    A non-JSON content type gives 415 and a malformed body 400 (both from Flask); valid JSON that
-    is not an object gives 422 like any other invalid order.
+    A non-JSON content type gives 415 (from Flask), a body that is not UTF-8 (RFC 8259) or not
+    JSON 400, and valid JSON that is not an object 422 like any other invalid order. UTF-8 is
+    checked strictly first: Python's JSON decoder would also take UTF-16, UTF-32 and UTF-8-encoded
+    lone surrogates.
     """
+    if request.is_json:
+        try:
+            request.get_data(cache=True).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("The body is not valid UTF-8.") from None
     try:
         body = request.get_json()
     except RecursionError:
         raise BadRequest("The JSON body is nested too deeply.") from None
+    except BadRequest:
+        raise BadRequest("The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ValidationError({"_schema": ["The body must be a JSON object describing one order."]})
     return body
+
+
+def _idempotency_key() -> str | None:
+    """The request's valid ``Idempotency-Key``, or ``None`` without one; an invalid key is a 400."""
+    key = request.headers.get(IDEMPOTENCY_KEY_HEADER)
+    return None if key is None else validated_key(key)
 
 
 def _services() -> OrderServices:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from orders_api.domain import Order, OrderType, Side
+from orders_api.idempotency import IdempotencyKey, IdempotencyKeyReusedError, IdempotentRequest
 from orders_api.service_layer.unit_of_work import UnitOfWork
 
 
@@ -41,6 +42,7 @@ def submit_order(
     uow: UnitOfWork,
     placements: PlacementRequests,
     *,
+    idempotency: IdempotentRequest | None = None,
     now: Callable[[], datetime] = utc_now,
     new_id: Callable[[], uuid.UUID] = uuid.uuid4,
 ) -> Order:
@@ -51,6 +53,15 @@ def submit_order(
     If anything fails first, the transaction rolls back; a message that was confirmed anyway
     names an order that never committed, which the worker recognises (it waits on the order's
     creation lock) and drops.
+
+    With ``idempotency``, its key is claimed in the same transaction, after the order row it
+    points to and before publishing, so the key is stored exactly when the order is: a failure
+    leaves the key free for the client's retry. If the key already names an order (a repeat, or
+    a concurrent request that committed first), nothing is placed and that order is returned
+    as it stands now; an expired key counts as unused.
+
+    :raises IdempotencyKeyReusedError: the key was first used with a different request.
+    :raises IdempotencyKeyInFlightError: the request holding the key has not ended in time.
     """
     order = Order(
         id=new_id(),
@@ -63,6 +74,11 @@ def submit_order(
     )
     with uow:
         uow.orders.add(order)
+        if idempotency is not None:
+            holder = _claim_key(idempotency, order, uow)
+            if holder.order_id != order.id:
+                # Leaving without a commit rolls back the order inserted above.
+                return _earlier_order(holder, idempotency, uow)
         placements.request_placement(order.id)
         uow.commit()
     return order
@@ -72,3 +88,40 @@ def get_order(order_id: uuid.UUID, uow: UnitOfWork) -> Order | None:
     """The order with its placement status, or ``None`` if no such order was committed."""
     with uow:
         return uow.orders.get(order_id)
+
+
+def purge_expired_idempotency_keys(uow: UnitOfWork, *, now: Callable[[], datetime] = utc_now) -> int:
+    """Delete the idempotency keys that have expired; return how many.
+
+    Expired keys already count as unused, so this only keeps the table small; any periodic
+    job may call it.
+    """
+    with uow:
+        purged = uow.idempotency_keys.purge_expired(now())
+        uow.commit()
+    return purged
+
+
+def _claim_key(request: IdempotentRequest, order: Order, uow: UnitOfWork) -> IdempotencyKey:
+    """Claim the request's key for ``order``; return the record holding it, ours or an earlier one."""
+    record = IdempotencyKey(
+        key=request.key,
+        request_fingerprint=request.fingerprint,
+        order_id=order.id,
+        created_at=order.created_at,
+    )
+    holder = uow.idempotency_keys.claim(record)
+    if holder.order_id != order.id and holder.expired(order.created_at):
+        uow.idempotency_keys.remove(holder)
+        holder = uow.idempotency_keys.claim(record)
+    return holder
+
+
+def _earlier_order(holder: IdempotencyKey, request: IdempotentRequest, uow: UnitOfWork) -> Order:
+    """The order an earlier request with the same key created, provided it asked for the same."""
+    if holder.request_fingerprint != request.fingerprint:
+        raise IdempotencyKeyReusedError(request.key)
+    earlier = uow.orders.get(holder.order_id)
+    if earlier is None:  # the foreign key makes this impossible
+        raise RuntimeError(f"idempotency key {request.key!r} names order {holder.order_id}, which is missing")
+    return earlier

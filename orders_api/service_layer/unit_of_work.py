@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
 
 from sqlalchemy.orm import Session
 
+from orders_api.adapters.idempotency_keys import SqlAlchemyIdempotencyKeyRepository
 from orders_api.adapters.repository import SqlAlchemyOrderRepository
 from orders_api.domain import Order
+from orders_api.idempotency import IdempotencyKey
 
 
 class OrderRepository(Protocol):
@@ -28,6 +31,29 @@ class OrderRepository(Protocol):
     def update(self, order: Order) -> None:
         """Persist the changeable fields of ``order``."""
 
+    def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
+        """Lock up to ``limit`` pending orders untouched for ``untouched_for``, with no live claim.
+
+        Rows locked by another transaction are skipped, not waited for.
+        """
+
+
+class IdempotencyKeyRepository(Protocol):
+    """What the use cases need from the store of used idempotency keys."""
+
+    def claim(self, record: IdempotencyKey) -> IdempotencyKey:
+        """Store ``record`` unless its key is taken, atomically; return the record holding the key.
+
+        Waits for a concurrent transaction holding the same key to end, and raises
+        :exc:`~orders_api.idempotency.IdempotencyKeyInFlightError` if it does not end in time.
+        """
+
+    def remove(self, record: IdempotencyKey) -> None:
+        """Delete ``record`` (an expired key) so that its key can be claimed anew."""
+
+    def purge_expired(self, now: datetime) -> int:
+        """Delete every key expired at ``now``; return how many."""
+
 
 class UnitOfWork(Protocol):
     """A transaction: work is rolled back unless :meth:`commit` is called before leaving."""
@@ -35,6 +61,10 @@ class UnitOfWork(Protocol):
     @property
     def orders(self) -> OrderRepository:
         """The orders, read and written within this transaction."""
+
+    @property
+    def idempotency_keys(self) -> IdempotencyKeyRepository:
+        """The used idempotency keys, within this transaction."""
 
     def __enter__(self) -> Self:
         """Begin the transaction."""
@@ -52,6 +82,7 @@ class SqlAlchemyUnitOfWork:
     """A unit of work over a fresh SQLAlchemy session per use, never shared between threads."""
 
     orders: SqlAlchemyOrderRepository
+    idempotency_keys: SqlAlchemyIdempotencyKeyRepository
 
     def __init__(self, session_factory: Callable[[], Session]) -> None:
         self._session_factory = session_factory
@@ -59,6 +90,7 @@ class SqlAlchemyUnitOfWork:
     def __enter__(self) -> Self:
         self._session = self._session_factory()
         self.orders = SqlAlchemyOrderRepository(self._session)
+        self.idempotency_keys = SqlAlchemyIdempotencyKeyRepository(self._session)
         return self
 
     def __exit__(

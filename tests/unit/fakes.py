@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Self
 
 from orders_api.domain import Order, OrderStatus, OrderType, Side
+from orders_api.idempotency import IdempotencyKey, IdempotencyKeyInFlightError
 
 #: A fixed moment for tests that need a clock; timezone-aware, as every timestamp of the service is.
 T0 = datetime(2024, 1, 2, 9, 30, tzinfo=UTC)
@@ -37,6 +38,7 @@ def make_order(
     attempts: int = 0,
     last_error: str | None = None,
     claimed_until: datetime | None = None,
+    abandoned_claims: int = 0,
 ) -> Order:
     """An order with every field filled, so a test names only the fields it is about."""
     return Order(
@@ -52,6 +54,7 @@ def make_order(
         attempts=attempts,
         last_error=last_error,
         claimed_until=claimed_until,
+        abandoned_claims=abandoned_claims,
     )
 
 
@@ -69,6 +72,10 @@ class FakeOrderRepository:
         self.waited_for: list[uuid.UUID] = []
         #: Ids loaded with ``for_update=True``, in call order.
         self.locked_for_update: list[uuid.UUID] = []
+        #: Ids of orders untouched for longer than any sweep's threshold, for :meth:`lock_stale_pending`.
+        self.stale: set[uuid.UUID] = set()
+        #: Ids whose rows another transaction holds locked, which ``SKIP LOCKED`` passes over.
+        self.locked_elsewhere: set[uuid.UUID] = set()
 
     def add(self, order: Order) -> None:
         """Store a new order; a second order with the same id is an error, as in PostgreSQL."""
@@ -89,12 +96,29 @@ class FakeOrderRepository:
             self.locked_for_update.append(order_id)
         return self.rows.get(order_id)
 
+    def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
+        """The pending, unclaimed orders among :attr:`stale`, minus :attr:`locked_elsewhere`, up to ``limit``.
+
+        There is no clock here: a test names the stale orders, and :meth:`update` makes an order
+        fresh again, as touching ``updated_at`` does (a rollback does not make it stale again).
+        """
+        self.events.append("lock_stale_pending")
+        found = [
+            order
+            for order_id in sorted(self.stale - self.locked_elsewhere)
+            if (order := self.rows.get(order_id)) is not None
+            and order.status is OrderStatus.PENDING
+            and order.claimed_until is None
+        ]
+        return found[:limit]
+
     def update(self, order: Order) -> None:
         """Write back status, placement time, attempts, last error and claim, like the SQL repository."""
         self.events.append("update")
         stored = self.rows.get(order.id)
         if stored is None:
             return
+        self.stale.discard(order.id)
         self.rows[order.id] = Order(
             id=stored.id,
             created_at=stored.created_at,
@@ -108,15 +132,52 @@ class FakeOrderRepository:
             attempts=order.attempts,
             last_error=order.last_error,
             claimed_until=order.claimed_until,
+            abandoned_claims=order.abandoned_claims,
         )
+
+
+class FakeIdempotencyKeyRepository:
+    """Used idempotency keys in a dict, keyed by key, claimed first come first served like the SQL table.
+
+    Memory has no concurrent transactions to wait for: a key in :attr:`in_flight` stands for one
+    that another request holds for longer than the wait may last, so claiming it raises.
+    """
+
+    def __init__(self, *, events: list[str] | None = None) -> None:
+        self.rows: dict[str, IdempotencyKey] = {}
+        self.events: list[str] = [] if events is None else events
+        #: Keys held by a transaction that does not end in time.
+        self.in_flight: set[str] = set()
+
+    def claim(self, record: IdempotencyKey) -> IdempotencyKey:
+        """Store ``record`` unless its key is taken; return the record holding the key."""
+        self.events.append("claim key")
+        if record.key in self.in_flight:
+            raise IdempotencyKeyInFlightError(record.key)
+        return self.rows.setdefault(record.key, record)
+
+    def remove(self, record: IdempotencyKey) -> None:
+        """Delete ``record``, and not a newer holder of its key, as the SQL ``DELETE`` does."""
+        self.events.append("remove key")
+        stored = self.rows.get(record.key)
+        if stored is not None and stored.order_id == record.order_id:
+            del self.rows[record.key]
+
+    def purge_expired(self, now: datetime) -> int:
+        """Delete the keys expired at ``now``; return how many."""
+        self.events.append("purge keys")
+        expired = [key for key, record in self.rows.items() if record.expired(now)]
+        for key in expired:
+            del self.rows[key]
+        return len(expired)
 
 
 class FakeUnitOfWork:
     """A transaction over an in-memory store that really commits and really rolls back.
 
-    Entering stages a copy of the committed orders; :meth:`commit` makes the staged orders the
-    committed ones; leaving discards whatever was staged since the last commit. Tests read
-    :attr:`committed` to see what a use case made durable. Nesting, and touching ``orders``
+    Entering stages a copy of the committed orders and idempotency keys; :meth:`commit` makes
+    the staged ones the committed ones; leaving discards whatever was staged since the last
+    commit. Tests read :attr:`committed` to see what a use case made durable. Nesting, and touching ``orders``
     outside a transaction, are errors, since the SQL unit of work cannot do either safely.
     """
 
@@ -126,6 +187,10 @@ class FakeUnitOfWork:
         self.committed: dict[uuid.UUID, Order] = {order.id: order for order in orders}
         #: The one repository, whose rows are reset to the committed state on entering and leaving.
         self.repository = FakeOrderRepository(events=self.events)
+        #: The durable idempotency keys, beside the orders.
+        self.committed_keys: dict[str, IdempotencyKey] = {}
+        #: The one key repository, reset to :attr:`committed_keys` like :attr:`repository`.
+        self.key_repository = FakeIdempotencyKeyRepository(events=self.events)
         #: Successful commits so far.
         self.commits = 0
         #: Transactions left with uncommitted changes, which were thrown away.
@@ -146,12 +211,20 @@ class FakeUnitOfWork:
             raise RuntimeError("orders used outside a transaction")
         return self.repository
 
+    @property
+    def idempotency_keys(self) -> FakeIdempotencyKeyRepository:
+        """The idempotency keys as the open transaction sees them."""
+        if not self._in_transaction:
+            raise RuntimeError("idempotency keys used outside a transaction")
+        return self.key_repository
+
     def __enter__(self) -> Self:
         """Begin a transaction on a copy of the committed orders."""
         if self._in_transaction:
             raise RuntimeError("nested transaction on one unit of work")
         self._in_transaction = True
         self.repository.rows = dict(self.committed)
+        self.key_repository.rows = dict(self.committed_keys)
         self.events.append("begin")
         return self
 
@@ -159,10 +232,11 @@ class FakeUnitOfWork:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         """End the transaction, discarding what was not committed."""
-        if self.repository.rows != self.committed:
+        if self.repository.rows != self.committed or self.key_repository.rows != self.committed_keys:
             self.rollbacks += 1
             self.events.append("rollback")
         self.repository.rows = dict(self.committed)
+        self.key_repository.rows = dict(self.committed_keys)
         self._in_transaction = False
         self.events.append("end")
 
@@ -174,6 +248,7 @@ class FakeUnitOfWork:
             self.events.append("commit failed")
             raise self.fail_commit_with
         self.committed = dict(self.repository.rows)
+        self.committed_keys = dict(self.key_repository.rows)
         self.commits += 1
         self.events.append("commit")
 
