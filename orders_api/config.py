@@ -37,6 +37,10 @@ class Settings:
     pool_timeout_s: float = 2.0
     #: Connections each process keeps open to PostgreSQL.
     db_pool_size: int = 10
+    #: Seconds a pending order may go untouched before the reconciliation sweep republishes its
+    #: placement request. It must exceed the longest quiet period of a healthy order: the longest
+    #: retry backoff (``PLACEMENT_MAX_BACKOFF_MS``, 5 min) plus a claim's lease (60 s), plus a margin.
+    reconcile_stale_after_s: float = 900.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -55,4 +59,7 @@ class Settings:
             ),
             pool_timeout_s=float(env.get("DB_POOL_TIMEOUT_S", defaults.pool_timeout_s)),
             db_pool_size=int(env.get("DB_POOL_SIZE", defaults.db_pool_size)),
+            reconcile_stale_after_s=float(
+                env.get("RECONCILE_STALE_AFTER_S", defaults.reconcile_stale_after_s)
+            ),
         )
