@@ -15,7 +15,8 @@ from orders_api.adapters.database import engine_options, sqlalchemy_url
 from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
 from orders_api.adapters.tables import metadata
 from orders_api.config import Settings
-from orders_api.entrypoints import orders
+from orders_api.entrypoints import health, orders
+from orders_api.entrypoints.cli import dead_letters_cli, reconcile_command
 from orders_api.entrypoints.errors import register_error_handlers
 from orders_api.entrypoints.services import OrderServices
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
@@ -57,6 +58,10 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
         placements=PlacementPublisher(publisher, settings.placement_queue),
     )
     app.extensions["orders.publisher"] = publisher
+    app.extensions["orders.settings"] = settings
     app.register_blueprint(orders.blueprint)
+    health.init_app(app)
     register_error_handlers(app)
+    app.cli.add_command(reconcile_command)
+    app.cli.add_command(dead_letters_cli)
     return app
