@@ -9,7 +9,7 @@ WORKER_THREADS ?= 8
 PYTEST_ARGS ?=
 export PORT WEB_WORKERS WEB_THREADS WORKER_PROCESSES WORKER_THREADS
 
-.PHONY: install services migrate run test test-unit test-integration test-e2e lint format clean
+.PHONY: install services migrate run test test-unit test-integration test-e2e test-faults lint format clean
 
 install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
 
@@ -39,6 +39,9 @@ test-integration: install services ## The service layer and adapters against rea
 
 test-e2e: install services ## Real gunicorn and dramatiq processes over HTTP
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+test-faults: install ## Fault injection (~5 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
+	$(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
 
 lint: install ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import requests
 
@@ -54,6 +54,8 @@ class ProcessOptions:
     worker_processes: int = 2
     worker_threads: int = 32
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: The module the dramatiq CLI loads: the production entry point, or a test's own wiring of it.
+    worker_module: str = "workers.main"
 
 
 @dataclass
@@ -62,16 +64,43 @@ class _Process:
     popen: subprocess.Popen[bytes]
     log: Path
     log_file: IO[bytes]
+    command: list[str] = field(default_factory=list)
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 class RunningService:
     """The API and the workers of one test, with their logs."""
 
-    def __init__(self, base_url: str, api: _Process, workers: _Process) -> None:
+    def __init__(
+        self, base_url: str, api: _Process, workers: _Process, options: ProcessOptions | None = None
+    ) -> None:
         self.base_url = base_url
         self._api = api
         self._workers = workers
+        self._options = options or ProcessOptions()
+        self._earlier_worker_logs: list[Path] = []
         self._stopped = False
+
+    @property
+    def api_pid(self) -> int:
+        """The gunicorn master's pid; its children are the web workers."""
+        return self._api.popen.pid
+
+    @property
+    def workers_pid(self) -> int:
+        """The dramatiq CLI's pid; its children are the worker processes."""
+        return self._workers.popen.pid
+
+    def wait_for_exit(self, which: Literal["api", "workers"], timeout_s: float) -> int | None:
+        """Wait up to ``timeout_s`` for the API or the workers, signalled by the test, to exit.
+
+        Returns the exit status, or ``None`` if the process still runs at the deadline.
+        """
+        process = self._api if which == "api" else self._workers
+        try:
+            return process.popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     @property
     def api_log(self) -> Path:
@@ -81,9 +110,31 @@ class RunningService:
     def worker_log(self) -> Path:
         return self._workers.log
 
+    @property
+    def worker_logs(self) -> list[Path]:
+        """The log of each run of the workers, oldest first: more than one after :meth:`restart_workers`."""
+        return [*self._earlier_worker_logs, self.worker_log]
+
     def worker_log_text(self) -> str:
-        """Everything the workers have logged so far."""
-        return self.worker_log.read_text(encoding="utf-8", errors="replace")
+        """Everything the workers have logged so far, in every run."""
+        return "".join(log.read_text(encoding="utf-8", errors="replace") for log in self.worker_logs)
+
+    def restart_workers(self) -> None:
+        """Start the workers afresh, logging to a new file, once the test has killed them; wait until ready.
+
+        :raises ServiceProcessError: the workers still run, or the new ones did not become ready.
+        """
+        try:
+            self._workers.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired as still_running:
+            message = f"{self._workers.name} still runs: kill it before restarting it"
+            raise ServiceProcessError(message) from still_running
+        _kill_group(self._workers.popen.pid)
+        self._workers.log_file.close()
+        self._earlier_worker_logs.append(self._workers.log)
+        log = self._workers.log.with_name(f"{self._workers.log.stem}-{len(self._earlier_worker_logs)}.log")
+        self._workers = _start(self._workers.name, self._workers.command, self._workers.env, log)
+        _wait_until_ready(self, self._options)
 
     def log_tails(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines of each log, for a failure message."""
@@ -163,7 +214,7 @@ def running_service(
             "workers (dramatiq)",
             [
                 str(BIN / "dramatiq"),
-                "workers.main",
+                options.worker_module,
                 "--processes",
                 str(options.worker_processes),
                 "--threads",
@@ -173,7 +224,7 @@ def running_service(
             log_dir / "workers.log",
         )
         stack.callback(_stop_quietly, workers)
-        service = RunningService(f"http://127.0.0.1:{port}", api, workers)
+        service = RunningService(f"http://127.0.0.1:{port}", api, workers, options)
         _wait_until_ready(service, options)
         stack.pop_all()
     try:
@@ -217,7 +268,7 @@ def _start(name: str, command: list[str], env: Mapping[str, str], log: Path) -> 
     except BaseException:
         log_file.close()
         raise
-    return _Process(name, popen, log, log_file)
+    return _Process(name, popen, log, log_file, command, env)
 
 
 def _wait_until_ready(service: RunningService, options: ProcessOptions) -> None:
@@ -237,7 +288,9 @@ def _wait_until_ready(service: RunningService, options: ProcessOptions) -> None:
                 except requests.RequestException as error:
                     last_answer = f"GET {probe} failed: {error}"
             if not workers_ready:
-                workers_ready = service.worker_log_text().count(WORKER_READY_LINE) >= options.worker_processes
+                # The current run's log only: after a restart, the earlier runs' lines do not count.
+                current_log = service.worker_log.read_text(encoding="utf-8", errors="replace")
+                workers_ready = current_log.count(WORKER_READY_LINE) >= options.worker_processes
             if api_ready and workers_ready:
                 return
             time.sleep(_POLL_INTERVAL_S)

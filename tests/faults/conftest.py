@@ -1,0 +1,96 @@
+"""Fault-injection fixtures: private servers for the session, a fresh database and vhost per scenario.
+
+The scenarios stop and restart PostgreSQL and RabbitMQ, so they run on servers of their own
+(``tests.faults.servers``), never on the machine's shared ones. At the end of the run the
+ledgers of every scenario are printed as one table.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from orders_api.adapters.database import upgrade
+from orders_api.config import Settings
+from tests.faults.harness import FaultRun
+from tests.faults.ledger import HEADER, RULE
+from tests.faults.servers import PrivatePostgres, PrivateRabbitMQ, private_postgres, private_rabbitmq
+from tests.rabbitmq_admin import RabbitAdmin
+
+_LEDGER_ROWS = pytest.StashKey[list[str]]()
+_FAULT_RUN = pytest.StashKey[FaultRun]()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of this run's own, which the scenarios may restart."""
+    with private_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node() -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of this run's own, which the scenarios may stop and start."""
+    with private_rabbitmq() as node:
+        yield node
+
+
+@pytest.fixture
+def fault_run(
+    postgres_server: PrivatePostgres,
+    rabbitmq_node: PrivateRabbitMQ,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> FaultRun:
+    """A migrated database and a vhost of this scenario's own on the private servers.
+
+    Both go away with the private servers at the end of the session.
+    """
+    short_name = re.sub(r"[^a-z0-9]+", "_", request.node.name.removeprefix("test_").lower())[:40]
+    name = f"faults_{short_name}_{uuid.uuid4().hex[:6]}"
+    database_url = f"{postgres_server.url}/{name}"
+    upgrade(database_url)
+    admin = RabbitAdmin(name, rabbitmq_node.management_url)
+    admin.create_vhost()
+    settings = Settings(
+        database_url=database_url,
+        rabbitmq_url=f"{rabbitmq_node.url}/{quote(name, safe='')}",
+        placement_queue="order-placement",
+    )
+    run = FaultRun(settings, postgres_server, rabbitmq_node, admin, tmp_path)
+    request.node.stash[_FAULT_RUN] = run
+    return run
+
+
+@pytest.fixture
+def report_ledger(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Rows to add to the run's ledger table: a test appends its row, printed at the end of the run."""
+    rows: list[str] = []
+    yield rows
+    request.config.stash.setdefault(_LEDGER_ROWS, []).extend(rows)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Print every scenario's ledger as one table."""
+    rows = config.stash.get(_LEDGER_ROWS, [])
+    if rows:
+        terminalreporter.write_sep("=", "fault-injection ledgers")
+        for line in (HEADER, RULE, *rows):
+            terminalreporter.write_line(line)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Add the tails of the service's logs to the report of a scenario that failed."""
+    report = yield
+    run = item.stash.get(_FAULT_RUN, None)
+    if report.when == "call" and report.failed and run is not None and run.service_running is not None:
+        report.sections.append(("gunicorn and dramatiq logs (tails)", run.service_running.log_tails()))
+    return report
