@@ -35,8 +35,9 @@ class Settings:
     idle_in_transaction_timeout_ms: int = 10000
     #: Seconds to wait for a free connection from the pool.
     pool_timeout_s: float = 2.0
-    #: Connections each process keeps open to PostgreSQL.
-    db_pool_size: int = 10
+    #: Connections each API process keeps open to PostgreSQL: one per request thread
+    #: (``WEB_THREADS``), since a request holds its connection while it waits for the confirm.
+    db_pool_size: int = 16
     #: Seconds a pending order may go untouched before the reconciliation sweep republishes its
     #: placement request. It must exceed the longest quiet period of a healthy order: the longest
     #: retry backoff (``PLACEMENT_MAX_BACKOFF_MS``, 5 min) plus a claim's lease (60 s), plus a margin.

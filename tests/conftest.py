@@ -18,7 +18,7 @@ import pytest
 import requests
 from psycopg2 import sql
 
-from orders_api.adapters.database import upgrade
+from orders_api.adapters.schema import upgrade
 from orders_api.config import Settings
 from tests.rabbitmq_admin import MANAGEMENT_URL, RabbitAdmin
 

@@ -82,21 +82,16 @@ class RabbitAdmin:
         self.set_policy(f"reject-{queue}", pattern, {"max-length": 0, "overflow": "reject-publish"})
         time.sleep(0.5)
 
-    def remove_queue_for_good(self, queue: str) -> None:
-        """Delete ``queue`` and refuse this run's user to declare it again (403 from RabbitMQ).
-
-        Publishes to it then come back unroutable and cannot be mended by re-declaring it: a
-        queue that, for as long as this lasts, takes no message at all.
-        """
-        self._request("DELETE", f"queues/{self._vhost_path}/{quote(queue, safe='')}")
-        self._set_permissions(configure="^(?!" + re.escape(queue) + "$).*")
+    def deny_consuming_from(self, queue: str) -> None:
+        """Refuse this run's user to consume from ``queue`` (403), so what is in it stays ready."""
+        self._set_permissions(read="^(?!" + re.escape(queue) + "$).*")
 
     def restore_permissions(self) -> None:
-        self._set_permissions(configure=".*")
+        self._set_permissions(read=".*")
 
-    def _set_permissions(self, *, configure: str) -> None:
+    def _set_permissions(self, *, read: str) -> None:
         user = quote(MANAGEMENT_AUTH[0], safe="")
-        permissions = {"configure": configure, "write": ".*", "read": ".*"}
+        permissions = {"configure": ".*", "write": ".*", "read": read}
         self._request("PUT", f"permissions/{self._vhost_path}/{user}", json=permissions)
 
     def delete_policy(self, name: str) -> None:

@@ -12,6 +12,7 @@ from orders_api.adapters.placement_queue import PLACE_ORDER_ACTOR
 from orders_api.domain import ClaimHeldError, PoisonOrderError
 from orders_api.service_layer.placement import (
     Exchange,
+    OrderAlreadyFailedError,
     UnloadableOrderError,
     parse_order_id,
     place_on_exchange,
@@ -22,7 +23,7 @@ from workers.settings import WorkerSettings
 logger = logging.getLogger(__name__)
 
 #: Errors that no retry can fix: the message goes straight to the dead-letter queue.
-NOT_RETRYABLE = (ValueError, UnloadableOrderError, PoisonOrderError)
+NOT_RETRYABLE = (ValueError, UnloadableOrderError, PoisonOrderError, OrderAlreadyFailedError)
 
 
 def declare_place_order_actor(

@@ -19,10 +19,13 @@ class DeadLetteringRetries(Retries):
 
     Stock ``Retries`` republishes a retry to the delay queue and the worker then acks the
     original; when that republish fails, the error is swallowed by the broker's middleware
-    dispatch and the message is lost. Here a failed republish fails the message instead, so the
-    worker rejects it into the dead-letter queue. And whenever a message is failed, for a
-    non-retryable error, for exhausted retries or for a failed republish, ``on_give_up`` is told,
-    so the order can be marked failed beside its dead-lettered message.
+    dispatch and the message is lost. Here a failed republish fails the message instead: the
+    worker rejects it, and it lands in the dead-letter queue if the broker takes the rejection,
+    or comes back to the queue if the connection is gone. Either way its order stays pending, as
+    the failure is one a retry can fix (the stuck-order sweep republishes a dead-lettered one).
+
+    When a message is given up for good, for a non-retryable error or exhausted retries,
+    ``on_give_up`` is told, so the order can be marked failed beside its dead-lettered message.
     """
 
     def __init__(self, *, on_give_up: GiveUpHandler) -> None:
@@ -45,8 +48,9 @@ class DeadLetteringRetries(Retries):
                 broker, message, result=result, exception=exception
             )
         except Exception:
-            logger.exception("cannot schedule a retry of message %s; dead-lettering it", message.message_id)
+            logger.exception("cannot schedule a retry of message %s; rejecting it", message.message_id)
             message.fail()
+            return
         if message.failed:
             try:
                 self._on_give_up(message, exception)

@@ -1,22 +1,12 @@
-"""PostgreSQL plumbing: bounded engine options, creating the database and migrating it."""
+"""PostgreSQL connections: the URL's driver and engine options under which no wait is unbounded."""
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
-import psycopg2
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from psycopg2 import errors, sql
 
 from orders_api.config import Settings
-
-logger = logging.getLogger(__name__)
-
-_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def sqlalchemy_url(database_url: str) -> sa.URL:
@@ -52,45 +42,3 @@ def create_engine(settings: Settings, *, pool_size: int | None = None) -> sa.Eng
     return sa.create_engine(
         sqlalchemy_url(settings.database_url), **engine_options(settings, pool_size=pool_size)
     )
-
-
-def ensure_database(database_url: str, *, connect_timeout_s: int = 5) -> bool:
-    """Create the database named in ``database_url`` if it is missing; return whether it was created."""
-    url = sa.make_url(database_url)
-    name = url.database
-    if not name:
-        raise ValueError(f"no database name in {url.render_as_string(hide_password=True)}")
-    maintenance = url.set(drivername="postgresql", database="postgres")
-    dsn = maintenance.render_as_string(hide_password=False)
-    connection = psycopg2.connect(dsn, connect_timeout=connect_timeout_s)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cursor.fetchone():
-                return False
-            try:
-                cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            except errors.DuplicateDatabase:
-                return False
-    finally:
-        connection.close()
-    logger.info("created database %s", name)
-    return True
-
-
-def upgrade(database_url: str) -> None:
-    """Create the database if needed and bring its schema to the newest migration."""
-    ensure_database(database_url)
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.attributes["database_url"] = sqlalchemy_url(database_url)
-    command.upgrade(config, "head")
-
-
-def upgrade_from_environment() -> None:
-    """Console entry point ``orders-db-upgrade``: migrate the database named by ``DATABASE_URL``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = Settings.from_env()
-    upgrade(settings.database_url)
-    logger.info("database schema is up to date")

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from orders_api.adapters.database import upgrade
+from orders_api.adapters.schema import upgrade
 from orders_api.config import Settings
 from tests.faults.harness import FaultRun
 from tests.faults.ledger import HEADER, RULE

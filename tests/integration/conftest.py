@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import warnings
 from collections.abc import Callable, Iterator
 
 import dramatiq
@@ -80,8 +78,3 @@ def start_worker(settings: Settings) -> Iterator[StartWorker]:
     for broker, worker in started:
         worker.stop()
         broker.close()
-    with warnings.catch_warnings():
-        # Dramatiq drops the pika connections it gave up on without closing them; collect them
-        # here, quietly, rather than have their ResourceWarnings fail whichever test runs next.
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()

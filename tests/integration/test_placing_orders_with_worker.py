@@ -163,6 +163,31 @@ def test_error_that_retrying_cannot_fix_fails_the_order_and_dead_letters_its_mes
     assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
 
 
+def test_a_message_that_comes_back_for_a_failed_order_is_dead_lettered_again(
+    client: FlaskClient,
+    start_worker: StartWorker,
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    settings: Settings,
+) -> None:
+    # As if the order had been failed and its message's rejection lost with the connection.
+    order_id = client.post("/orders", json=ORDER).get_json()["id"]
+    with database.cursor() as cursor:
+        cursor.execute(
+            "UPDATE orders SET status = 'failed', last_error = 'ValueError: x' WHERE id = %s", (order_id,)
+        )
+    exchange = RecordingExchange()
+
+    start_worker(exchange)
+
+    assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
+    assert exchange.calls == []
+    row = order_row(database, order_id)
+    assert row is not None
+    assert row["status"] == "failed"
+    assert row["last_error"] == "ValueError: x"
+
+
 def test_exhausted_retries_fail_the_order_and_dead_letter_its_message(
     client: FlaskClient,
     start_worker: StartWorker,
@@ -275,7 +300,7 @@ def test_worker_waits_for_the_creating_transaction_before_deciding(
         assert exchange.calls == []
 
 
-def test_a_retry_that_cannot_be_republished_is_dead_lettered_not_lost(
+def test_a_retry_that_cannot_be_republished_is_dead_lettered_not_lost_and_its_order_stays_pending(
     request: pytest.FixtureRequest,
     start_worker: StartWorker,
     placements: PlacementPublisher,
@@ -290,18 +315,25 @@ def test_a_retry_that_cannot_be_republished_is_dead_lettered_not_lost(
     with unit_of_work() as uow:
         uow.orders.add(order)
         placements.request_placement(order.id)
-        start_worker(RecordingExchange())
-        eventually(lambda: waiting_for_advisory_locks(database) == 1)
-        # The worker has declared its queues and waits on the order; now take its delay queue away.
-        request.addfinalizer(rabbit.restore_permissions)
-        rabbit.remove_queue_for_good(f"{settings.placement_queue}.DQ")
         uow.commit()
+    # Make the delay queue refuse the retry: nobody may consume from it, so a filler message
+    # stays ready in it, and a length limit of 0 then has RabbitMQ nack every further publish.
+    delay_queue = f"{settings.placement_queue}.DQ"
+    request.addfinalizer(rabbit.restore_permissions)
+    rabbit.deny_consuming_from(delay_queue)
+    rabbit.reject_publishes_to(delay_queue)
 
-    row = settled_row(database, str(order.id))
+    start_worker(RecordingExchange())
 
-    assert row["status"] == "failed"
-    assert row["attempts"] == 1
+    # A failed republish is a failure a retry can fix: the order stays pending (the stuck-order
+    # sweep republishes it), and its message is in the dead-letter queue, not lost.
     assert dead_lettered_order_ids(rabbit, settings) == [[str(order.id)]]
+    row = order_row(database, str(order.id))
+    assert row is not None
+    assert row["status"] == "pending"
+    assert row["attempts"] == 1
+    assert row["claimed_until"] is None
+    assert "OrderPlacementError" in str(row["last_error"])
 
 
 def test_two_deliveries_of_one_order_place_it_once(

@@ -14,6 +14,7 @@ import pytest
 
 from orders_api.domain import ClaimHeldError, Order, OrderStatus
 from orders_api.service_layer.placement import (
+    OrderAlreadyFailedError,
     PlacementOutcome,
     UnloadableOrderError,
     mark_failed,
@@ -146,15 +147,27 @@ def test_drops_a_message_for_an_order_that_never_committed_without_calling_the_e
     assert uow.commits == 0
 
 
-@pytest.mark.parametrize("status", [OrderStatus.PLACED, OrderStatus.FAILED])
-def test_ignores_a_repeated_message_for_a_settled_order(status: OrderStatus) -> None:
-    order = make_order(status=status, attempts=1, placed_at=T0 if status is OrderStatus.PLACED else None)
+def test_ignores_a_repeated_message_for_a_placed_order() -> None:
+    order = make_order(status=OrderStatus.PLACED, attempts=1, placed_at=T0)
     uow = FakeUnitOfWork(order)
     exchange = FakeExchange()
 
     outcome = place(order.id, uow, exchange, FakeClock(T0 + timedelta(minutes=5)))
 
-    assert outcome is PlacementOutcome.ALREADY_SETTLED
+    assert outcome is PlacementOutcome.ALREADY_PLACED
+    assert exchange.orders == []
+    assert uow.committed[order.id] == order
+    assert uow.commits == 0
+
+
+def test_a_repeated_message_for_a_failed_order_is_refused_so_that_it_is_dead_lettered_again() -> None:
+    order = make_order(status=OrderStatus.FAILED, attempts=1, last_error="ValueError: bad")
+    uow = FakeUnitOfWork(order)
+    exchange = FakeExchange()
+
+    with pytest.raises(OrderAlreadyFailedError):
+        place(order.id, uow, exchange, FakeClock(T0 + timedelta(minutes=5)))
+
     assert exchange.orders == []
     assert uow.committed[order.id] == order
     assert uow.commits == 0
@@ -373,3 +386,56 @@ def test_parse_order_id_rejects_a_message_without_a_valid_id_as_unloadable(raw: 
 
     assert repr(raw) in str(excinfo.value)
     assert isinstance(excinfo.value.__cause__, ValueError)
+
+
+# Recording a placement while the database is briefly away
+
+
+class DatabaseAwayAfterTheCall:
+    """An exchange that accepts the order, after which the database refuses commits for a while."""
+
+    def __init__(self, uow: FakeUnitOfWork, clock: FakeClock, away_for_sleeps: int | None) -> None:
+        self.uow = uow
+        self.clock = clock
+        self.remaining = away_for_sleeps
+        self.sleeps: list[float] = []
+
+    def exchange(self, order: Order) -> None:
+        self.uow.fail_commit_with = RuntimeError("database unavailable")
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.clock.advance(timedelta(seconds=seconds))
+        if self.remaining is not None:
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.uow.fail_commit_with = None
+
+
+def test_a_placement_is_recorded_once_the_database_is_back_within_the_claim() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=3)
+
+    outcome = place_on_exchange(order.id, uow, away.exchange, lease=LEASE, now=clock, sleep=away.sleep)
+
+    assert outcome is PlacementOutcome.PLACED
+    assert uow.committed[order.id].status is OrderStatus.PLACED
+    assert away.sleeps == [0.1, 0.2, 0.4]
+
+
+def test_recording_a_placement_gives_up_before_the_actor_time_limit_with_the_claim_still_held() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=None)
+
+    with pytest.raises(RuntimeError, match="database unavailable"):
+        place_on_exchange(order.id, uow, away.exchange, lease=LEASE, now=clock, sleep=away.sleep)
+
+    assert clock.current < T0 + LEASE / 2
+    assert clock.current > T0 + LEASE / 2 - timedelta(seconds=5)
+    stored = uow.committed[order.id]
+    assert stored.status is OrderStatus.PENDING
+    assert stored.claimed_until == T0 + LEASE
