@@ -46,9 +46,13 @@ PROCESSES = ProcessOptions(web_workers=2, web_threads=16, worker_processes=2, wo
 #: Short retry backoffs (200 ms doubling to 2 s instead of 1 s to 5 min), so that orders
 #: retried during a fault settle within seconds of its end.
 FAST_RETRIES = {"PLACEMENT_MIN_BACKOFF_MS": "200", "PLACEMENT_MAX_BACKOFF_MS": "2000"}
-#: A 2 s placement time limit, hence a 4 s claim lease, for the scenarios that leave claims
-#: behind (killed workers, a database gone between the exchange's answer and the commit).
+#: A 2 s placement time limit, hence a 4 s claim lease, for the scenario that leaves claims
+#: behind (killed workers).
 SHORT_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "2000"}
+#: A 10 s placement time limit (20 s lease): a worker that lost the database after the exchange
+#: answered keeps retrying to record the placement for about 9 s, which outlasts the outage,
+#: while claims left by failures to release still expire within the settling time.
+OUTAGE_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "10000"}
 #: Environment variable naming the file whose existence means "the exchange is down" to the
 #: workers of ``tests.faults.outage_workers``.
 OUTAGE_MARKER_ENV = "FAULTS_EXCHANGE_OUTAGE_MARKER"
