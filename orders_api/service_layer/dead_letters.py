@@ -1,10 +1,11 @@
 """Use cases of the dead-letter tooling: look at the placement messages given up on, and replay them.
 
 A placement message is dead-lettered when its order is given up on: an error no retry can fix,
-retries exhausted, a retry that could not be republished, an order that keeps killing its worker.
-The order is marked ``failed`` in PostgreSQL at the same time and stays so whatever becomes of the
-message, so the database, not the queue (whose messages expire after 7 days), is the record of
-what failed. Replaying reopens the order and asks for its placement with a fresh message, with a
+retries exhausted, an order that keeps killing its worker. The order is marked ``failed`` in
+PostgreSQL at the same time and stays so whatever becomes of the message, so the database, not
+the queue (whose messages expire after 7 days), is the record of what failed. (A retry the broker
+refused to take is dead-lettered too, but its order stays ``pending``, for the stuck-order
+sweep.) Replaying reopens the order and asks for its placement with a fresh message, with a
 fresh retry budget; the dead letter is removed only once that is committed.
 """
 

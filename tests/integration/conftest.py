@@ -1,7 +1,8 @@
-"""Integration fixtures: the Flask app and a Dramatiq worker, wired to this run's real services."""
+"""Integration fixtures: the Flask app, a Dramatiq worker and direct access to this run's real services."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import dramatiq
@@ -10,11 +11,15 @@ import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy.orm import sessionmaker
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
+from orders_api.adapters.database import create_engine
+from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
 from orders_api.config import Settings
 from orders_api.entrypoints.app import create_app, db
 from orders_api.service_layer.placement import Exchange
+from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.bootstrap import bootstrap, logged_exchange
 from workers.settings import WorkerSettings
 
@@ -78,3 +83,44 @@ def start_worker(settings: Settings) -> Iterator[StartWorker]:
     for broker, worker in started:
         worker.stop()
         broker.close()
+
+
+@pytest.fixture
+def exchange_outcomes(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Script the stand-in's availability draws (``>= 0.9`` fails) and skip its 0.5 s sleep."""
+    monkeypatch.setattr("orders_api.stock_exchange.time.sleep", lambda _seconds: None)
+
+    def script(*draws: float, then: float = 0.0) -> None:
+        remaining = list(draws)
+        lock = threading.Lock()
+
+        def draw() -> float:
+            with lock:
+                return remaining.pop(0) if remaining else then
+
+        monkeypatch.setattr("orders_api.stock_exchange.random.random", draw)
+
+    script()
+    return script
+
+
+@pytest.fixture
+def placements(settings: Settings) -> Iterator[PlacementPublisher]:
+    """Publish placement requests the way the API does, for orders the test controls."""
+    publisher = ConfirmedPublisher(
+        settings.rabbitmq_url,
+        queue_declarations(settings.placement_queue),
+        connect_timeout_s=settings.connect_timeout_s,
+        confirm_timeout_s=settings.confirm_timeout_s,
+    )
+    yield PlacementPublisher(publisher, settings.placement_queue)
+    publisher.close()
+
+
+@pytest.fixture
+def unit_of_work(settings: Settings) -> Iterator[Callable[[], SqlAlchemyUnitOfWork]]:
+    """Units of work on an engine of the test's own, for storing orders outside the API."""
+    engine = create_engine(settings, pool_size=2)
+    sessions = sessionmaker(bind=engine)
+    yield lambda: SqlAlchemyUnitOfWork(sessions)
+    engine.dispose()

@@ -23,7 +23,7 @@ from orders_api.config import Settings
 from orders_api.domain import Order
 from tests.integration.checks import order_row
 from tests.integration.conftest import StartWorker
-from tests.integration.test_placing_orders_with_worker import (
+from tests.integration.placement_helpers import (
     ORDER,
     SETTLE_TIMEOUT_S,
     eventually,

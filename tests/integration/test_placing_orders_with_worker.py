@@ -2,101 +2,29 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable
 
 import psycopg2.extensions
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy.orm import sessionmaker
 
-from orders_api import stock_exchange
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
-from orders_api.adapters.database import create_engine
-from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
+from orders_api.adapters.placement_queue import PlacementPublisher
 from orders_api.config import Settings
-from orders_api.domain import Order, OrderType, Side
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.integration.checks import order_row
 from tests.integration.conftest import StartWorker
+from tests.integration.placement_helpers import (
+    ORDER,
+    RecordingExchange,
+    eventually,
+    new_order,
+    queue_drained,
+    settled_row,
+)
 from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
-
-ORDER = {"type": "limit", "side": "sell", "instrument": "GB0002634946", "limit_price": "12.34", "quantity": 7}
-#: Seconds any wait for the worker may take before the test fails instead of hanging.
-SETTLE_TIMEOUT_S = 20
-
-
-class RecordingExchange:
-    """The real stock exchange stand-in, with every call recorded; ``fail_with`` makes it raise first."""
-
-    def __init__(self, fail_with: BaseException | None = None) -> None:
-        self.calls: list[uuid.UUID] = []
-        self.fail_with = fail_with
-        self._lock = threading.Lock()
-
-    def __call__(self, order: Order) -> None:
-        with self._lock:
-            self.calls.append(order.id)
-        if self.fail_with is not None:
-            raise self.fail_with
-        stock_exchange.place_order(order)
-
-
-@pytest.fixture
-def exchange_outcomes(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """Script the stand-in's availability draws (``>= 0.9`` fails) and skip its 0.5 s sleep."""
-    monkeypatch.setattr("orders_api.stock_exchange.time.sleep", lambda _seconds: None)
-
-    def script(*draws: float, then: float = 0.0) -> None:
-        remaining = list(draws)
-        lock = threading.Lock()
-
-        def draw() -> float:
-            with lock:
-                return remaining.pop(0) if remaining else then
-
-        monkeypatch.setattr("orders_api.stock_exchange.random.random", draw)
-
-    script()
-    return script
-
-
-def eventually(check: Callable[[], Any], timeout_s: float = SETTLE_TIMEOUT_S) -> Any:
-    """Poll ``check`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout_s} s: {check.__doc__ or check}")
-        time.sleep(0.05)
-
-
-def settled_row(database: psycopg2.extensions.connection, order_id: str) -> dict[str, object]:
-    def settled() -> dict[str, object] | None:
-        """the order leaves pending"""
-        row = order_row(database, order_id)
-        return row if row is not None and row["status"] != "pending" else None
-
-    result: dict[str, object] = eventually(settled)
-    return result
-
-
-def queue_drained(rabbit: RabbitAdmin, queue: str) -> None:
-    """Wait until ``queue`` holds no message, ready or unacked."""
-
-    def drained() -> bool:
-        """the queue is empty"""
-        return bool(rabbit.queue(queue).get("messages", 1) == 0)
-
-    eventually(drained)
 
 
 def dead_lettered_order_ids(rabbit: RabbitAdmin, settings: Settings) -> list[list[str]]:
@@ -206,39 +134,6 @@ def test_exhausted_retries_fail_the_order_and_dead_letter_its_message(
     assert row["attempts"] == 3
     assert "OrderPlacementError" in str(row["last_error"])
     assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
-
-
-@pytest.fixture
-def placements(settings: Settings) -> Iterator[PlacementPublisher]:
-    """Publish placement requests the way the API does, for orders the test controls."""
-    publisher = ConfirmedPublisher(
-        settings.rabbitmq_url,
-        queue_declarations(settings.placement_queue),
-        connect_timeout_s=settings.connect_timeout_s,
-        confirm_timeout_s=settings.confirm_timeout_s,
-    )
-    yield PlacementPublisher(publisher, settings.placement_queue)
-    publisher.close()
-
-
-@pytest.fixture
-def unit_of_work(settings: Settings) -> Iterator[Callable[[], SqlAlchemyUnitOfWork]]:
-    engine = create_engine(settings, pool_size=2)
-    sessions = sessionmaker(bind=engine)
-    yield lambda: SqlAlchemyUnitOfWork(sessions)
-    engine.dispose()
-
-
-def new_order() -> Order:
-    return Order(
-        id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        type=OrderType.MARKET,
-        side=Side.BUY,
-        instrument="US0378331005",
-        limit_price=None,
-        quantity=1,
-    )
 
 
 def waiting_for_advisory_locks(database: psycopg2.extensions.connection) -> int:

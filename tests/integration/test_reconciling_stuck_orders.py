@@ -17,16 +17,13 @@ import pika
 import psycopg2.extensions
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy.orm import sessionmaker
 
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
-from orders_api.adapters.database import create_engine
-from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
+from orders_api.adapters.placement_queue import PlacementPublisher
 from orders_api.config import Settings
 from orders_api.service_layer.reconciliation import republish_stale_orders
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.integration.conftest import StartWorker
-from tests.integration.test_placing_orders_with_worker import (
+from tests.integration.placement_helpers import (
     ORDER,
     SETTLE_TIMEOUT_S,
     RecordingExchange,
@@ -75,26 +72,6 @@ def reliable_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stand-in exchange without its random outages and its 0.5 s sleep."""
     monkeypatch.setattr("orders_api.stock_exchange.random.random", lambda: 0.0)
     monkeypatch.setattr("orders_api.stock_exchange.time.sleep", lambda _seconds: None)
-
-
-@pytest.fixture
-def unit_of_work(settings: Settings) -> Iterator[Callable[[], SqlAlchemyUnitOfWork]]:
-    engine = create_engine(settings, pool_size=4)
-    sessions = sessionmaker(bind=engine)
-    yield lambda: SqlAlchemyUnitOfWork(sessions)
-    engine.dispose()
-
-
-@pytest.fixture
-def placements(settings: Settings) -> Iterator[PlacementPublisher]:
-    publisher = ConfirmedPublisher(
-        settings.rabbitmq_url,
-        queue_declarations(settings.placement_queue),
-        connect_timeout_s=settings.connect_timeout_s,
-        confirm_timeout_s=settings.confirm_timeout_s,
-    )
-    yield PlacementPublisher(publisher, settings.placement_queue)
-    publisher.close()
 
 
 def execute(database: psycopg2.extensions.connection, statement: str, *parameters: object) -> None:
