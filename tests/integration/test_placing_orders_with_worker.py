@@ -116,6 +116,33 @@ def test_a_message_that_comes_back_for_a_failed_order_is_dead_lettered_again(
     assert row["last_error"] == "ValueError: x"
 
 
+def test_an_order_whose_placement_keeps_being_cut_short_fails_as_poison_and_is_dead_lettered(
+    client: FlaskClient,
+    start_worker: StartWorker,
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    settings: Settings,
+) -> None:
+    # As if two workers had died mid-placement and the third claim had just expired too.
+    order_id = client.post("/orders", json=ORDER).get_json()["id"]
+    with database.cursor() as cursor:
+        cursor.execute(
+            "UPDATE orders SET attempts = 3, abandoned_claims = 2,"
+            " claimed_until = now() - interval '1 second' WHERE id = %s",
+            (order_id,),
+        )
+    exchange = RecordingExchange()
+
+    start_worker(exchange)
+    row = settled_row(database, order_id)
+
+    assert row["status"] == "failed"
+    assert "PoisonOrderError" in str(row["last_error"])
+    assert row["claimed_until"] is None
+    assert exchange.calls == []
+    assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
+
+
 def test_exhausted_retries_fail_the_order_and_dead_letter_its_message(
     client: FlaskClient,
     start_worker: StartWorker,
