@@ -5,11 +5,11 @@ PORT ?= 8000
 WEB_WORKERS ?= 2
 WEB_THREADS ?= 16
 WORKER_PROCESSES ?= 2
-WORKER_THREADS ?= 8
+WORKER_THREADS ?= 128
 PYTEST_ARGS ?=
 export PORT WEB_WORKERS WEB_THREADS WORKER_PROCESSES WORKER_THREADS
 
-.PHONY: install services migrate run test test-unit test-integration test-e2e test-faults lint format clean
+.PHONY: install services migrate run test test-unit test-integration test-e2e test-faults bench lint format clean
 
 install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
 
@@ -42,6 +42,11 @@ test-e2e: install services ## Real gunicorn and dramatiq processes over HTTP
 
 test-faults: install ## Fault injection (~5 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
 	$(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
+
+bench: install services ## Benchmark the service against this machine's limits (a few minutes); see docs/benchmarks.md
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench
 
 lint: install ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .

@@ -38,6 +38,11 @@ class Settings:
     #: Connections each API process keeps open to PostgreSQL: one per request thread
     #: (``WEB_THREADS``), since a request holds its connection while it waits for the confirm.
     db_pool_size: int = 16
+    #: Whether each connection taken from the pool is first tested with a round trip. Off: the
+    #: test cost a quarter of an order's CPU (docs/benchmarks.md), and without it a connection
+    #: that died with the server fails the first statement of its transaction, before anything
+    #: is written or published; SQLAlchemy then discards the whole pool and reconnects.
+    db_pool_pre_ping: bool = False
     #: Seconds a pending order may go untouched before the reconciliation sweep republishes its
     #: placement request. It must exceed the longest quiet period of a healthy order: the longest
     #: retry backoff (``PLACEMENT_MAX_BACKOFF_MS``, 5 min) plus a claim's lease (60 s), plus a margin.
@@ -60,6 +65,7 @@ class Settings:
             ),
             pool_timeout_s=float(env.get("DB_POOL_TIMEOUT_S", defaults.pool_timeout_s)),
             db_pool_size=int(env.get("DB_POOL_SIZE", defaults.db_pool_size)),
+            db_pool_pre_ping=env.get("DB_POOL_PRE_PING", "1" if defaults.db_pool_pre_ping else "0") == "1",
             reconcile_stale_after_s=float(
                 env.get("RECONCILE_STALE_AFTER_S", defaults.reconcile_stale_after_s)
             ),

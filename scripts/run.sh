@@ -9,9 +9,9 @@ bin="${VENV:-.venv}/bin"
 # then sends each child exactly one SIGTERM: Dramatiq takes a second signal as "kill in-flight work".
 setsid "$bin/gunicorn" --bind "127.0.0.1:${PORT:-8000}" \
   --worker-class gthread --workers "${WEB_WORKERS:-2}" --threads "${WEB_THREADS:-16}" \
-  --graceful-timeout 20 --no-control-socket --access-logfile - orders_api.wsgi:app &
+  --graceful-timeout 20 --no-control-socket orders_api.wsgi:app &
 api=$!
-setsid "$bin/dramatiq" workers.main --processes "${WORKER_PROCESSES:-2}" --threads "${WORKER_THREADS:-8}" &
+setsid "$bin/dramatiq" workers.main --processes "${WORKER_PROCESSES:-2}" --threads "${WORKER_THREADS:-128}" &
 workers=$!
 setsid "$bin/flask" --app orders_api.wsgi reconcile --every 60 &
 reconciler=$!

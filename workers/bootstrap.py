@@ -18,6 +18,9 @@ from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
+#: How the workers' database connections are named in ``pg_stat_activity``.
+APPLICATION_NAME = "orders-worker"
+
 
 def logged_exchange(order: Order) -> None:
     """Call the stock exchange, logging each call and each success so that calls can be counted."""
@@ -31,7 +34,10 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
 
     Nothing connects here: the engine and the broker open connections on first use.
     """
-    sessions = sessionmaker(bind=create_engine(settings.shared, pool_size=settings.threads))
+    engine = create_engine(
+        settings.shared, pool_size=settings.db_pool_size, application_name=APPLICATION_NAME
+    )
+    sessions = sessionmaker(bind=engine)
 
     def unit_of_work() -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(sessions)

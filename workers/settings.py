@@ -21,8 +21,14 @@ class WorkerSettings:
     """
 
     shared: Settings = field(default_factory=Settings)
-    #: Threads per worker process; also the size of each process's database pool.
-    threads: int = 8
+    #: Threads per worker process: the placements one process runs at once. Each waits 0.5 s on
+    #: the exchange, so a process places up to ``threads / 0.5 s`` orders a second.
+    threads: int = 128
+    #: Database connections per worker process. A thread holds one only for its two short
+    #: transactions (claim, outcome), not while the exchange answers, so far fewer than
+    #: ``threads`` suffice (docs/benchmarks.md); a thread that finds none free waits up to
+    #: ``DB_POOL_TIMEOUT_S``, and then its message is retried.
+    db_pool_size: int = 8
     #: Retries of a failed placement before the order is failed and dead-lettered.
     max_retries: int = 30
     #: Milliseconds before the first retry; doubled for each retry after it.
@@ -45,6 +51,7 @@ class WorkerSettings:
         return cls(
             shared=Settings.from_env(env),
             threads=int(env.get("WORKER_THREADS", defaults.threads)),
+            db_pool_size=int(env.get("WORKER_DB_POOL_SIZE", defaults.db_pool_size)),
             max_retries=int(env.get("PLACEMENT_MAX_RETRIES", defaults.max_retries)),
             min_backoff_ms=int(env.get("PLACEMENT_MIN_BACKOFF_MS", defaults.min_backoff_ms)),
             max_backoff_ms=int(env.get("PLACEMENT_MAX_BACKOFF_MS", defaults.max_backoff_ms)),

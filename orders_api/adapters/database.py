@@ -15,11 +15,14 @@ def sqlalchemy_url(database_url: str) -> sa.URL:
     return url.set(drivername="postgresql+psycopg2") if url.drivername == "postgresql" else url
 
 
-def engine_options(settings: Settings, *, pool_size: int | None = None) -> dict[str, Any]:
+def engine_options(
+    settings: Settings, *, pool_size: int | None = None, application_name: str = "orders-api"
+) -> dict[str, Any]:
     """Engine options under which no database wait is unbounded.
 
     ``statement_timeout`` also bounds lock waits, including a worker waiting on the advisory
-    lock of an order whose creating transaction is still open.
+    lock of an order whose creating transaction is still open. ``application_name`` names the
+    connections in ``pg_stat_activity``, so an operator (or the benchmark) can tell whose they are.
     """
     server_options = (
         f"-c statement_timeout={settings.statement_timeout_ms}"
@@ -29,16 +32,20 @@ def engine_options(settings: Settings, *, pool_size: int | None = None) -> dict[
         "pool_size": pool_size or settings.db_pool_size,
         "max_overflow": 0,
         "pool_timeout": settings.pool_timeout_s,
-        "pool_pre_ping": True,
+        "pool_pre_ping": settings.db_pool_pre_ping,
         "connect_args": {
             "connect_timeout": max(1, round(settings.connect_timeout_s)),
             "options": server_options,
+            "application_name": application_name,
         },
     }
 
 
-def create_engine(settings: Settings, *, pool_size: int | None = None) -> sa.Engine:
+def create_engine(
+    settings: Settings, *, pool_size: int | None = None, application_name: str = "orders-api"
+) -> sa.Engine:
     """Create an engine for ``settings.database_url`` with :func:`engine_options`."""
     return sa.create_engine(
-        sqlalchemy_url(settings.database_url), **engine_options(settings, pool_size=pool_size)
+        sqlalchemy_url(settings.database_url),
+        **engine_options(settings, pool_size=pool_size, application_name=application_name),
     )

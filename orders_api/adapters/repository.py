@@ -1,16 +1,58 @@
-"""Reads and writes orders in PostgreSQL within the caller's transaction."""
+"""Reads and writes orders in PostgreSQL within the caller's transaction.
+
+The statements of the hot paths (accepting an order, claiming and recording a placement) are
+built once, here, with bind parameters: SQLAlchemy then reuses their compiled form and cache
+key, where building a statement per call cost more CPU than PostgreSQL spent running it
+(docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from orders_api.adapters.tables import orders
 from orders_api.domain import Order, OrderStatus, OrderType, Side
+
+#: Every column a new order is inserted with (``updated_at`` takes the database's clock).
+_INSERTED: Final = tuple(column for column in orders.columns if column.name != "updated_at")
+
+#: Takes the order's creation lock and inserts it, in one round trip. PostgreSQL runs the
+#: ``creation_lock`` CTE because the INSERT selects from it; the casts give the selected
+#: parameters their columns' types.
+_LOCK_AND_INSERT: Final = sa.insert(orders).from_select(
+    [column.name for column in _INSERTED],
+    sa.select(
+        *(sa.cast(sa.bindparam(column.name, type_=column.type), column.type) for column in _INSERTED)
+    ).select_from(
+        sa.select(
+            sa.func.pg_advisory_xact_lock(sa.bindparam("lock_key", type_=sa.BigInteger)).label("taken")
+        ).cte("creation_lock")
+    ),
+)
+
+_WAIT_FOR_CREATION: Final = sa.select(
+    sa.func.pg_advisory_xact_lock(sa.bindparam("lock_key", type_=sa.BigInteger))
+)
+_GET: Final = sa.select(orders).where(orders.c.id == sa.bindparam("order_id", type_=orders.c.id.type))
+_GET_FOR_UPDATE: Final = _GET.with_for_update()
+_UPDATE: Final = (
+    sa.update(orders)
+    .where(orders.c.id == sa.bindparam("order_id", type_=orders.c.id.type))
+    .values(
+        status=sa.bindparam("new_status"),
+        placed_at=sa.bindparam("new_placed_at", type_=orders.c.placed_at.type),
+        attempts=sa.bindparam("new_attempts"),
+        last_error=sa.bindparam("new_last_error"),
+        claimed_until=sa.bindparam("new_claimed_until", type_=orders.c.claimed_until.type),
+        abandoned_claims=sa.bindparam("new_abandoned_claims"),
+        updated_at=sa.func.now(),
+    )
+)
 
 
 def creation_lock_key(order_id: uuid.UUID) -> int:
@@ -33,19 +75,16 @@ class SqlAlchemyOrderRepository:
         A worker takes the same lock before reading the order, so it waits for this
         transaction's outcome instead of mistaking a not-yet-committed order for an orphan.
         """
-        self._session.execute(sa.select(sa.func.pg_advisory_xact_lock(creation_lock_key(order.id))))
-        self._session.execute(sa.insert(orders).values(**_row(order)))
+        self._session.execute(_LOCK_AND_INSERT, {**_row(order), "lock_key": creation_lock_key(order.id)})
 
     def wait_for_creation(self, order_id: uuid.UUID) -> None:
         """Block until the transaction that created ``order_id``, if any is open, has ended."""
-        self._session.execute(sa.select(sa.func.pg_advisory_xact_lock(creation_lock_key(order_id))))
+        self._session.execute(_WAIT_FOR_CREATION, {"lock_key": creation_lock_key(order_id)})
 
     def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
         """Load an order, locking its row until the transaction ends when ``for_update``."""
-        query = sa.select(orders).where(orders.c.id == order_id)
-        if for_update:
-            query = query.with_for_update()
-        row = self._session.execute(query).mappings().one_or_none()
+        query = _GET_FOR_UPDATE if for_update else _GET
+        row = self._session.execute(query, {"order_id": order_id}).mappings().one_or_none()
         return None if row is None else _order(row)
 
     def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
@@ -73,17 +112,16 @@ class SqlAlchemyOrderRepository:
     def update(self, order: Order) -> None:
         """Write back what may change over an order's life: status, claim, attempts and errors."""
         self._session.execute(
-            sa.update(orders)
-            .where(orders.c.id == order.id)
-            .values(
-                status=order.status.value,
-                placed_at=order.placed_at,
-                attempts=order.attempts,
-                last_error=order.last_error,
-                claimed_until=order.claimed_until,
-                abandoned_claims=order.abandoned_claims,
-                updated_at=sa.func.now(),
-            )
+            _UPDATE,
+            {
+                "order_id": order.id,
+                "new_status": order.status.value,
+                "new_placed_at": order.placed_at,
+                "new_attempts": order.attempts,
+                "new_last_error": order.last_error,
+                "new_claimed_until": order.claimed_until,
+                "new_abandoned_claims": order.abandoned_claims,
+            },
         )
 
 

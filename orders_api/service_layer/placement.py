@@ -114,8 +114,12 @@ def _claim(
     order_id: uuid.UUID, uow: UnitOfWork, *, lease: timedelta, now: Callable[[], datetime]
 ) -> Order | PlacementOutcome:
     with uow:
-        uow.orders.wait_for_creation(order_id)
         order = uow.orders.get(order_id, for_update=True)
+        if order is None:
+            # Not committed, or not yet: wait for the creating transaction, if one is still open,
+            # then look again. A row that is visible was committed, so it needs no such wait.
+            uow.orders.wait_for_creation(order_id)
+            order = uow.orders.get(order_id, for_update=True)
         if order is None:
             logger.warning("dropping message for order %s: the order was never committed", order_id)
             return PlacementOutcome.ORPHAN_DROPPED

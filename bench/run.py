@@ -1,0 +1,362 @@
+"""``make bench``: the service against the limits of this machine, measured in one run, in one table.
+
+In order, on a database and a RabbitMQ vhost of the run's own (dropped at the end):
+
+1. ``POST /orders`` at 16 and 64 connections, with the API and the workers started as ``make run``
+   starts them (``WEB_WORKERS``, ``WEB_THREADS``, ``WORKER_PROCESSES``, ``WORKER_THREADS`` and
+   the settings' defaults, from the environment ``make`` passes).
+2. With the service stopped: a bare Flask JSON endpoint under gunicorn (2 gthread workers of 16
+   threads), the ceiling of any Flask design here; single-row INSERT commits (pgbench) and confirmed
+   persistent publishes (:mod:`bench.publish_rate`) at the same concurrency, the ceilings of
+   the chain.
+3. ``POST /orders`` at 64 connections while every call to the exchange fails
+   (:mod:`bench.outage_workers`).
+4. Placement throughput at 64, 256 and 512 orders in flight (:mod:`bench.placement`).
+
+Load comes from wrk (C, a process of its own, ``bench/orders.lua``: a unique body per request);
+its CPU share is in the table. Every run is bounded in time; every process is stopped, even on
+failure. Writes the plots to ``docs/`` and the raw figures, logs and wrk output to a temporary
+directory it names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager, suppress
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench import ceilings, placement
+from bench.cpu import CpuMeter
+from bench.load import LoadResult, run_wrk
+from bench.report import Row, plot, ratio, table
+from bench.sandbox import Sandbox, sandbox, scalar
+from orders_api.config import Settings
+from tests.e2e.processes import BIN, PROJECT_ROOT, ProcessOptions, RunningService, running_service
+
+#: Connections (and, for the ceilings, concurrency) of the two load levels.
+CONNECTIONS = (16, 64)
+#: Orders in flight of the placement steps.
+IN_FLIGHT = (64, 256, 512)
+#: Seconds of warm-up load before measuring a freshly started service (pools, publisher).
+WARM_UP_S = 2.0
+#: Seconds the bare endpoint's gunicorn has to answer after it starts.
+BARE_START_TIMEOUT_S = 20.0
+#: The bare endpoint's gunicorn: the issue's reference, 2 gthread workers of 16 threads.
+BARE_WORKERS, BARE_THREADS = 2, 16
+#: Who runs what, for the CPU split.
+_USERS = {"postgres": "postgres", "rabbitmq": "rabbitmq"}
+
+
+def make_run_options(environ: Mapping[str, str] | None = None) -> ProcessOptions:
+    """The processes ``make run`` starts, from the variables ``make`` exports (its defaults otherwise)."""
+    env = os.environ if environ is None else environ
+    return ProcessOptions(
+        web_workers=int(env.get("WEB_WORKERS", "2")),
+        web_threads=int(env.get("WEB_THREADS", "16")),
+        worker_processes=int(env.get("WORKER_PROCESSES", "2")),
+        worker_threads=int(env.get("WORKER_THREADS", "128")),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m bench [--duration 8] [--plots docs]``."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of each load run (default 8)")
+    parser.add_argument("--plots", type=Path, default=PROJECT_ROOT / "docs", help="where the PNGs go")
+    arguments = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="orders-bench-"))
+    options = make_run_options()
+    print(f"bench: machine {machine()}", flush=True)
+    print(f"bench: make run's processes {options}; logs and raw figures in {workdir}", flush=True)
+    started = time.monotonic()
+    with sandbox() as box:
+        rows, figures, series = _measure(box, options, arguments.duration, workdir)
+    (workdir / "results.json").write_text(json.dumps(figures, indent=2, default=str))
+    written = plot(series, arguments.plots)
+    print(table(rows))
+    print(f"bench: {time.monotonic() - started:.0f} s; plots {', '.join(str(path) for path in written)}")
+
+
+def machine() -> str:
+    """Cores, memory and the versions that matter, for the report."""
+    memory_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    return (
+        f"{os.cpu_count()} cores, {memory_kb / 2**20:.1f} GiB, Python {platform.python_version()}, "
+        f"{_version(['psql', '--version'])}, RabbitMQ {_rabbitmq_version()}, {_version(['wrk', '--version'])}"
+    )
+
+
+def _measure(
+    box: Sandbox, options: ProcessOptions, duration_s: float, workdir: Path
+) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
+    figures: dict[str, Any] = {}
+    settings = Settings(database_url=box.database_url, rabbitmq_url=box.rabbitmq_url)
+
+    print("bench: POST /orders with make run's processes", flush=True)
+    for part in ("service", "outage"):
+        (workdir / part).mkdir()
+    with running_service(settings, workdir / "service", options) as service:
+        normal = {c: _post(box, service, c, duration_s, workdir / f"post-{c}") for c in CONNECTIONS}
+
+    print("bench: bare Flask endpoint, service stopped", flush=True)
+    with _bare_endpoint(workdir / "bare") as url:
+        run_wrk(url, 64, WARM_UP_S, workdir / "bare-warm")
+        bare = {c: run_wrk(url, c, duration_s, workdir / f"bare-{c}") for c in CONNECTIONS}
+
+    print("bench: ceilings (pgbench INSERT commits, confirmed publishes)", flush=True)
+    inserts = {
+        c: ceilings.insert_commits(box.database_url, c, duration_s / 2, workdir / f"insert-{c}")
+        for c in CONNECTIONS
+    }
+    publishes = {
+        c: ceilings.confirmed_publishes(
+            box.rabbitmq_url, f"bench-publish-{c}", c, duration_s / 2, workdir / "publish"
+        )
+        for c in CONNECTIONS
+    }
+
+    print("bench: POST /orders during an exchange outage", flush=True)
+    outage_settings = Settings(
+        database_url=box.database_url, rabbitmq_url=box.rabbitmq_url, placement_queue="order-placement-outage"
+    )
+    outage_options = ProcessOptions(**{**asdict(options), "worker_module": "bench.outage_workers"})
+    with running_service(outage_settings, workdir / "outage", outage_options) as service:
+        outage = _post(box, service, 64, duration_s, workdir / "outage-64")
+
+    placements = []
+    for step, in_flight in enumerate(IN_FLIGHT):
+        print(f"bench: placement, {in_flight} in flight", flush=True)
+        placements.append(
+            placement.measure(box, options, in_flight, workdir / f"placement-{in_flight}", step)
+        )
+
+    rows = []
+    for c in CONNECTIONS:
+        rows.append(
+            _load_row(
+                f"bare Flask endpoint (gthread {BARE_WORKERS}x{BARE_THREADS})",
+                bare[c],
+                note="service stopped",
+            )
+        )
+    for c in CONNECTIONS:
+        post, unique, cpu = normal[c]
+        rows.append(
+            _load_row(
+                "POST /orders", post, unique, ratio(post.rate, bare[c].rate, "of bare"), _cpu_note(cpu, post)
+            )
+        )
+    for c in CONNECTIONS:
+        rows.append(_ceiling_row("PostgreSQL INSERT commits (pgbench)", inserts[c], normal[c][0].rate))
+    for c in CONNECTIONS:
+        rows.append(_ceiling_row("RabbitMQ confirmed publishes", publishes[c], normal[c][0].rate))
+    post, unique, cpu = outage
+    rows.append(
+        _load_row(
+            "POST /orders, exchange outage",
+            post,
+            unique,
+            ratio(post.rate, normal[64][0].rate, "of normal"),
+            _cpu_note(cpu, post),
+        )
+    )
+    for result in placements:
+        rows.append(
+            Row(
+                f"placement, {result.in_flight} in flight",
+                None,
+                result.rate,
+                result.p50_ms,
+                result.p95_ms,
+                result.p99_ms,
+                result.max_ms,
+                errors=result.unplaced,
+                ratio=ratio(result.rate, result.ideal, f"of {result.ideal:.0f}/s"),
+                note=(
+                    f"201->placed; workers {result.worker_rss_mb:.0f} MB,"
+                    f" {result.worker_connections} PG conns"
+                ),
+            )
+        )
+    figures.update(
+        machine=machine(),
+        options=asdict(options),
+        post={c: _load_figures(*normal[c]) for c in CONNECTIONS},
+        bare={c: _load_figures(bare[c]) for c in CONNECTIONS},
+        inserts={c: asdict(inserts[c]) for c in CONNECTIONS},
+        publishes={c: asdict(publishes[c]) for c in CONNECTIONS},
+        outage=_load_figures(*outage),
+        placements=[asdict(result) for result in placements],
+    )
+    series = {
+        "POST /orders, 64 conns": normal[64][0].records,
+        "POST /orders, 64 conns, exchange outage": outage[0].records,
+    }
+    return rows, figures, series
+
+
+def _post(
+    box: Sandbox, service: RunningService, connections: int, duration_s: float, workdir: Path
+) -> tuple[LoadResult, int, dict[str, float]]:
+    """One load run against ``POST /orders``: wrk's figures, the distinct bodies stored, the CPU split."""
+    url = f"{service.base_url}/orders"
+    run_wrk(url, 64, WARM_UP_S, workdir / "warm")
+    meter = CpuMeter({"api": service.api_pid, "workers": service.workers_pid}, _USERS)
+    with closing(box.connect()) as database, database.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        since = scalar(cursor)
+        meter.start()
+        result = run_wrk(url, connections, duration_s, workdir)
+        cpu = meter.stop()
+        cursor.execute(
+            "SELECT count(DISTINCT (quantity, instrument, type)) FROM orders WHERE created_at >= %s", (since,)
+        )
+        unique: int = scalar(cursor)
+    cpu["wrk"] = result.cpu_s
+    return result, unique, cpu
+
+
+def _load_row(
+    name: str, result: LoadResult, unique: int | None = None, versus: str = "", note: str = ""
+) -> Row:
+    return Row(
+        name,
+        result.connections,
+        result.rate,
+        result.p50_ms,
+        result.p95_ms,
+        result.p99_ms,
+        result.max_ms,
+        result.errors,
+        unique,
+        result.cpu_cores,
+        versus,
+        note,
+    )
+
+
+def _ceiling_row(name: str, ceiling: ceilings.Ceiling, post_rate: float) -> Row:
+    return Row(
+        name,
+        ceiling.connections,
+        ceiling.rate,
+        ceiling.p50_ms,
+        ceiling.p95_ms,
+        ceiling.p99_ms,
+        ceiling.max_ms,
+        ratio=ratio(post_rate, ceiling.rate, "POST/this"),
+        note="service stopped",
+    )
+
+
+def _cpu_note(cpu: Mapping[str, float], result: LoadResult) -> str:
+    """Cores used per part, e.g. ``cores: api 1.1, workers 0.2, pg 0.3, mq 0.2``."""
+    seconds = result.duration_s or 1.0
+    parts = (("api", "api"), ("workers", "workers"), ("postgres", "pg"), ("rabbitmq", "mq"))
+    return "cores: " + ", ".join(f"{label} {cpu.get(key, 0.0) / seconds:.2f}" for key, label in parts)
+
+
+def _load_figures(
+    result: LoadResult, unique: int | None = None, cpu: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    figures = {key: value for key, value in asdict(result).items() if key != "records"}
+    figures.update(rate=result.rate, unique=unique, cpu_s=dict(cpu or {}))
+    return figures
+
+
+@contextmanager
+def _bare_endpoint(workdir: Path) -> Iterator[str]:
+    """Serve :mod:`bench.bare_app` on a free port; stopped (and its group killed) after."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    command = [
+        str(BIN / "gunicorn"),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        "gthread",
+        "--workers",
+        str(BARE_WORKERS),
+        "--threads",
+        str(BARE_THREADS),
+        "--no-control-socket",
+        "bench.bare_app:app",
+    ]
+    with (workdir / "gunicorn.log").open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/orders"
+        _wait_until_answering(url, process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+def _wait_until_answering(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + BARE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the bare endpoint's gunicorn exited with status {process.returncode}")
+        with suppress(requests.RequestException):
+            if requests.post(url, json={"quantity": 1}, timeout=1).status_code == 201:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the bare endpoint did not answer within {BARE_START_TIMEOUT_S:.0f} s")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _version(command: list[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return f"{command[0]} ?"
+    return (
+        (done.stdout or done.stderr).strip().splitlines()[0]
+        if (done.stdout or done.stderr)
+        else f"{command[0]} ?"
+    )
+
+
+def _rabbitmq_version() -> str:
+    try:
+        overview = requests.get(
+            "http://127.0.0.1:15672/api/overview", auth=("guest", "guest"), timeout=5
+        ).json()
+    except (requests.RequestException, ValueError):
+        return "?"
+    return str(overview.get("rabbitmq_version", "?"))
+
+
+if __name__ == "__main__":
+    main()

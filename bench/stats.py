@@ -1,0 +1,28 @@
+"""Small statistics the report needs, on plain lists, with no dependency."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0 to 100) of ``ordered``, ascending; nearest rank, NaN if empty."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def steady_rate(ordered_times: Sequence[float], low: float = 0.1, high: float = 0.7) -> float:
+    """Events per second between the ``low`` and ``high`` fractions of ``ordered_times`` (seconds).
+
+    Leaves out the start (workers still starting, queues still filling) and the tail (the few
+    events that waited out a retry), which would otherwise say more about the run's length than
+    about the rate.
+    """
+    if len(ordered_times) < 10:
+        return math.nan
+    first, last = int(low * len(ordered_times)), int(high * len(ordered_times)) - 1
+    span = ordered_times[last] - ordered_times[first]
+    return (last - first) / span if span > 0 else math.nan

@@ -1,0 +1,67 @@
+"""The benchmark's pure parts: statistics, wrk's records, the table, and make run's processes."""
+
+import math
+
+import pytest
+
+from bench.load import Record, parse_records
+from bench.report import Row, ratio, table
+from bench.run import make_run_options
+from bench.stats import percentile, steady_rate
+
+pytestmark = pytest.mark.unit
+
+
+def test_percentile_is_the_nearest_rank_of_an_ascending_list() -> None:
+    values = [float(v) for v in range(1, 101)]
+
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_steady_rate_counts_events_between_the_chosen_fractions_only() -> None:
+    # 100 events a second for 10 s, then a retry tail of 10 events spread over 5 s more.
+    times = [i / 100 for i in range(1000)] + [10 + i / 2 for i in range(10)]
+
+    assert steady_rate(times) == pytest.approx(100, rel=0.01)
+    assert math.isnan(steady_rate([1.0, 2.0]))
+
+
+def test_wrk_records_are_parsed_and_sorted_by_arrival() -> None:
+    text = "12.500 3.250 201\n10.000 2.000 500\n"
+
+    assert parse_records(text) == (Record(10.0, 2.0, 500), Record(12.5, 3.25, 201))
+
+
+def test_ratio_names_its_baseline_and_refuses_a_missing_one() -> None:
+    assert ratio(300, 1000, "of bare") == "0.30 of bare"
+    assert ratio(300, 0, "of bare") == "-"
+    assert ratio(math.nan, 1000, "of bare") == "-"
+
+
+def test_table_aligns_every_row_and_prints_missing_figures_as_dashes() -> None:
+    rows = [
+        Row("POST /orders", 64, 512.4, 100.0, 150.0, 190.0, 230.0, 0, 4000, 0.05, "0.31 of bare", "note"),
+        Row("placement, 256 in flight", None, 470.0, errors=0),
+    ]
+
+    lines = table(rows).splitlines()
+
+    assert len(lines) == 4
+    assert len({len(line) for line in lines}) == 1
+    assert "| 512 " in lines[2]
+    assert "| 0.31 of bare |" in lines[2]
+    assert lines[3].split("|")[2].strip() == "-"
+
+
+def test_make_run_processes_come_from_the_variables_make_exports() -> None:
+    options = make_run_options(
+        {"WEB_WORKERS": "3", "WEB_THREADS": "8", "WORKER_PROCESSES": "1", "WORKER_THREADS": "64"}
+    )
+
+    assert (options.web_workers, options.web_threads) == (3, 8)
+    assert (options.worker_processes, options.worker_threads) == (1, 64)
+    assert options.worker_module == "workers.main"
