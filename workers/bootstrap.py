@@ -10,7 +10,12 @@ from sqlalchemy.orm import sessionmaker
 from orders_api import stock_exchange
 from orders_api.adapters.database import create_engine
 from orders_api.domain import Order
-from orders_api.service_layer.placement import Exchange, mark_failed, parse_order_id
+from orders_api.service_layer.placement import (
+    Exchange,
+    UnloadableOrderError,
+    mark_failed,
+    parse_order_id,
+)
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.broker import create_broker
 from workers.placement_actor import declare_place_order_actor
@@ -43,7 +48,10 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
         return SqlAlchemyUnitOfWork(sessions)
 
     def fail_order(message: dramatiq.MessageProxy, error: BaseException) -> None:
-        order_id = parse_order_id(message.args[0]) if message.args else None
+        try:
+            order_id = parse_order_id(message.args[0] if message.args else None)
+        except UnloadableOrderError:
+            order_id = None
         if order_id is None or not mark_failed(order_id, unit_of_work(), error):
             logger.warning("dead-lettered message %s names no pending order", message.message_id)
 
