@@ -11,7 +11,7 @@ setsid "$bin/gunicorn" --bind "127.0.0.1:${PORT:-8000}" \
   --worker-class gthread --workers "${WEB_WORKERS:-2}" --threads "${WEB_THREADS:-16}" \
   --graceful-timeout 20 --no-control-socket orders_api.wsgi:app &
 api=$!
-setsid "$bin/dramatiq" workers.main --processes "${WORKER_PROCESSES:-2}" --threads "${WORKER_THREADS:-128}" &
+setsid "$bin/dramatiq-gevent" workers.main --processes "${WORKER_PROCESSES:-2}" --threads "${WORKER_THREADS:-128}" &
 workers=$!
 setsid "$bin/flask" --app orders_api.wsgi reconcile --every 60 &
 reconciler=$!

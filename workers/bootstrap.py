@@ -39,8 +39,10 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
 
     Nothing connects here: the engine and the broker open connections on first use.
     """
+    # Every write of the placement use cases is one compare-and-set statement that stands alone,
+    # so the workers' connections run in autocommit: no BEGIN and COMMIT round trips around them.
     engine = create_engine(
-        settings.shared, pool_size=settings.db_pool_size, application_name=APPLICATION_NAME
+        settings.shared, pool_size=settings.db_pool_size, application_name=APPLICATION_NAME, autocommit=True
     )
     sessions = sessionmaker(bind=engine)
 

@@ -1,10 +1,12 @@
-"""Entry point for the Dramatiq CLI: ``dramatiq workers.main -p PROCESSES -t THREADS``.
+"""Entry point for the Dramatiq CLI: ``dramatiq-gevent workers.main -p PROCESSES -t THREADS``.
 
 The CLI imports this module in each worker process and consumes from the global broker, so the
 wiring runs here, at import, once per process; everything else stays free of import-time wiring.
 """
 
 from workers.bootstrap import bootstrap
+from workers.cooperative import make_database_driver_cooperative
 from workers.settings import WorkerSettings
 
+make_database_driver_cooperative()
 broker = bootstrap(WorkerSettings.from_env())

@@ -1,9 +1,15 @@
 """Use cases of the workers: place a committed order on the exchange exactly once, or fail it.
 
-The exchange call happens outside any transaction: the order is claimed in one short
-transaction, the exchange is called, and the outcome is recorded in another. A claim is a lease,
+The exchange call happens outside any transaction: the order is claimed by one conditional
+``UPDATE``, the exchange is called, and the outcome is recorded by another. A claim is a lease,
 so that a redelivered message finds the order claimed and waits, while a claim left behind by a
 crashed worker expires and the order is placed after all.
+
+Every change is a compare-and-set (:meth:`OrderRepository.compare_and_set`): the change is
+computed from the order as read and written only if the stored order is still that one, else
+read again. No row lock is held between the read and the write, and a placement costs three
+statements (read, claim, record) and no transaction of its own, which is what lets two worker
+processes keep 256 placements in flight on two cores (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -90,13 +96,13 @@ def place_on_exchange(
         exchange(claimed)
     except BaseException as error:  # a time limit interrupts with a BaseException; release for it too
         reason = _describe(error)
-        _record(order_id, uow, lambda order: order.released(claimed.claimed_until, reason))
+        _record(order_id, uow, lambda order: order.released(claimed.claimed_until, reason), seen=claimed)
         raise
     placed_at = now()
     # The actor's time limit (half the lease) ends the message about half a lease after the
     # claim began; stop retrying a margin before that, with the claim still ours.
     deadline = (claimed.claimed_until or placed_at) - lease / 2 - RECORD_MARGIN
-    _record_placement(order_id, uow, placed_at, deadline=deadline, now=now, sleep=sleep)
+    _record_placement(claimed, uow, placed_at, deadline=deadline, now=now, sleep=sleep)
     logger.info("order %s placed on attempt %d", order_id, claimed.attempts)
     return PlacementOutcome.PLACED
 
@@ -114,29 +120,37 @@ def _claim(
     order_id: uuid.UUID, uow: UnitOfWork, *, lease: timedelta, now: Callable[[], datetime]
 ) -> Order | PlacementOutcome:
     with uow:
-        order = uow.orders.get(order_id, for_update=True)
+        order = uow.orders.get(order_id)
         if order is None:
             # Not committed, or not yet: wait for the creating transaction, if one is still open,
             # then look again. A row that is visible was committed, so it needs no such wait.
             uow.orders.wait_for_creation(order_id)
-            order = uow.orders.get(order_id, for_update=True)
-        if order is None:
-            logger.warning("dropping message for order %s: the order was never committed", order_id)
-            return PlacementOutcome.ORPHAN_DROPPED
-        try:
-            claimed = order.claim(now(), lease)
-        except OrderSettledError as settled:
-            if order.status is OrderStatus.FAILED:
-                raise OrderAlreadyFailedError(str(settled)) from settled
-            logger.info("ignoring repeated message: %s", settled)
-            return PlacementOutcome.ALREADY_PLACED
-        uow.orders.update(claimed)
-        uow.commit()
-    return claimed
+            order = uow.orders.get(order_id)
+        while order is not None:
+            try:
+                claimed = order.claim(now(), lease)
+            except OrderSettledError as settled:
+                if order.status is OrderStatus.PLACED:
+                    logger.info("ignoring repeated message: %s", settled)
+                    return PlacementOutcome.ALREADY_PLACED
+                # An operator's replay reopens a failed order and publishes its message before it
+                # commits: wait on the row lock the replay holds, and decide on what it committed.
+                locked = uow.orders.get(order_id, for_update=True)
+                if locked == order:
+                    raise OrderAlreadyFailedError(str(settled)) from settled
+                order = locked
+                continue
+            if uow.orders.compare_and_set(order, claimed):
+                uow.commit()
+                return claimed
+            # Another delivery, or the sweep, changed the order since it was read: decide again.
+            order = uow.orders.get(order_id)
+    logger.warning("dropping message for order %s: the order was never committed", order_id)
+    return PlacementOutcome.ORPHAN_DROPPED
 
 
 def _record_placement(
-    order_id: uuid.UUID,
+    claimed: Order,
     uow: UnitOfWork,
     placed_at: datetime,
     *,
@@ -148,14 +162,14 @@ def _record_placement(
     delay_s = FIRST_RECORD_RETRY_S
     while True:
         try:
-            _record(order_id, uow, lambda order: order.placed(placed_at))
+            _record(claimed.id, uow, lambda order: order.placed(placed_at), seen=claimed)
             return
         except Exception as error:
             if now() + timedelta(seconds=delay_s) >= deadline:
                 raise
             logger.warning(
                 "order %s was placed but cannot be recorded yet (%s); retrying in %.1f s",
-                order_id,
+                claimed.id,
                 _describe(error),
                 delay_s,
             )
@@ -163,22 +177,27 @@ def _record_placement(
         delay_s = min(2 * delay_s, LAST_RECORD_RETRY_S)
 
 
-def _record(order_id: uuid.UUID, uow: UnitOfWork, change: Callable[[Order], Order]) -> Order | None:
-    """Apply ``change`` to the order as it is stored now, under its row lock; return it if it changed.
+def _record(
+    order_id: uuid.UUID, uow: UnitOfWork, change: Callable[[Order], Order], *, seen: Order | None = None
+) -> Order | None:
+    """Apply ``change`` to the order as it is stored now; return it if it changed.
 
-    Re-reading instead of writing back the claimed copy means a change computed from stale
-    state can never overwrite what another delivery recorded meanwhile.
+    ``seen`` is the order as the caller last knew it (its claim): tried first, it saves a read
+    when nothing happened meanwhile. Applying the change to the stored order, never writing back
+    a stale copy, means a change computed from stale state cannot overwrite what another
+    delivery recorded meanwhile.
     """
     with uow:
-        current = uow.orders.get(order_id, for_update=True)
-        if current is None:
-            return None
-        changed = change(current)
-        if changed == current:
-            return None
-        uow.orders.update(changed)
-        uow.commit()
-        return changed
+        current = seen if seen is not None else uow.orders.get(order_id)
+        while current is not None:
+            changed = change(current)
+            if changed == current:
+                return None
+            if uow.orders.compare_and_set(current, changed):
+                uow.commit()
+                return changed
+            current = uow.orders.get(order_id)
+        return None
 
 
 def _describe(error: BaseException) -> str:

@@ -31,6 +31,9 @@ class OrderRepository(Protocol):
     def update(self, order: Order) -> None:
         """Persist the changeable fields of ``order``."""
 
+    def compare_and_set(self, seen: Order, changed: Order) -> bool:
+        """Persist ``changed`` only if the stored order still equals ``seen``; return whether it did."""
+
     def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
         """Lock up to ``limit`` pending orders untouched for ``untouched_for``, with no live claim.
 

@@ -76,6 +76,12 @@ class FakeOrderRepository:
         self.stale: set[uuid.UUID] = set()
         #: Ids whose rows another transaction holds locked, which ``SKIP LOCKED`` passes over.
         self.locked_elsewhere: set[uuid.UUID] = set()
+        #: Run once, then cleared, just before the next :meth:`compare_and_set` compares: what a
+        #: concurrent writer does between a use case's read and its write.
+        self.before_next_compare_and_set: Callable[[], None] | None = None
+        #: Run once, then cleared, just before the next ``get(for_update=True)`` reads: what the
+        #: transaction holding the row lock commits before the lock is granted.
+        self.before_next_lock: Callable[[], None] | None = None
 
     def add(self, order: Order) -> None:
         """Store a new order; a second order with the same id is an error, as in PostgreSQL."""
@@ -94,6 +100,9 @@ class FakeOrderRepository:
         self.events.append("get for update" if for_update else "get")
         if for_update:
             self.locked_for_update.append(order_id)
+            holder, self.before_next_lock = self.before_next_lock, None
+            if holder is not None:
+                holder()
         return self.rows.get(order_id)
 
     def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
@@ -112,9 +121,23 @@ class FakeOrderRepository:
         ]
         return found[:limit]
 
+    def compare_and_set(self, seen: Order, changed: Order) -> bool:
+        """Write ``changed`` as :meth:`update` does, but only while the stored order equals ``seen``."""
+        self.events.append("compare_and_set")
+        interleaved, self.before_next_compare_and_set = self.before_next_compare_and_set, None
+        if interleaved is not None:
+            interleaved()
+        if self.rows.get(seen.id) != seen:
+            return False
+        self._write(changed)
+        return True
+
     def update(self, order: Order) -> None:
         """Write back status, placement time, attempts, last error and claim, like the SQL repository."""
         self.events.append("update")
+        self._write(order)
+
+    def _write(self, order: Order) -> None:
         stored = self.rows.get(order.id)
         if stored is None:
             return

@@ -8,6 +8,7 @@ it reached the exchange. The clock is a fake that moves only when a test moves i
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -35,6 +36,12 @@ def place(
 ) -> PlacementOutcome:
     """Handle one delivery of the placement message for ``order_id``."""
     return place_on_exchange(order_id, uow, exchange, lease=LEASE, now=clock)
+
+
+def commit_elsewhere(uow: FakeUnitOfWork, order: Order) -> None:
+    """What a concurrent transaction that committed ``order`` leaves: visible now, and after."""
+    uow.committed[order.id] = order
+    uow.repository.rows[order.id] = order
 
 
 def outage() -> OrderPlacementError:
@@ -113,8 +120,64 @@ def test_claims_a_committed_order_without_waiting_on_its_creation_lock() -> None
 
     place(order.id, uow, FakeExchange(), FakeClock(T0))
 
-    assert uow.events[:3] == ["begin", "get for update", "update"]
+    assert uow.events[:3] == ["begin", "get", "compare_and_set"]
     assert uow.repository.waited_for == []
+
+
+def test_a_placement_reads_the_order_once_and_writes_it_twice_when_nothing_interferes() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+
+    place(order.id, uow, FakeExchange(), FakeClock(T0))
+
+    statements = [event for event in uow.events if event in {"get", "compare_and_set", "update"}]
+    assert statements == ["get", "compare_and_set", "compare_and_set"]
+
+
+def test_a_claim_that_loses_a_race_reads_the_order_again_and_finds_the_other_claim() -> None:
+    # Between this delivery's read and its write another delivery claims the order: the
+    # compare-and-set finds the order changed and the decision is taken again on the new state.
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    rival = order.claim(T0, LEASE)
+    uow.repository.before_next_compare_and_set = lambda: commit_elsewhere(uow, rival)
+    exchange = FakeExchange()
+
+    with pytest.raises(ClaimHeldError):
+        place(order.id, uow, exchange, FakeClock(T0))
+
+    assert exchange.orders == []
+    assert uow.committed[order.id] == rival
+
+
+def test_a_placement_recorded_over_a_changed_order_is_applied_to_the_order_as_it_now_is() -> None:
+    # While the exchange answered, the sweep's touch or an operator changed the stored order:
+    # the write computed from the claim fails, and ``placed`` is applied to the fresh read.
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    exchange = FakeExchange()
+    clock = FakeClock(T0)
+
+    def someone_else_records_an_error() -> None:
+        commit_elsewhere(uow, replace(uow.committed[order.id], last_error="noted by someone else"))
+
+    exchange.during_call = lambda _: setattr(
+        uow.repository, "before_next_compare_and_set", someone_else_records_an_error
+    )
+
+    outcome = place(order.id, uow, exchange, clock)
+
+    assert outcome is PlacementOutcome.PLACED
+    stored = uow.committed[order.id]
+    assert stored.status is OrderStatus.PLACED
+    assert stored.last_error is None
+    assert [event for event in uow.events if event in {"get", "compare_and_set"}] == [
+        "get",
+        "compare_and_set",
+        "compare_and_set",
+        "get",
+        "compare_and_set",
+    ]
 
 
 def test_places_an_order_whose_previous_claim_has_expired() -> None:
@@ -128,6 +191,21 @@ def test_places_an_order_whose_previous_claim_has_expired() -> None:
     assert uow.committed[order.id].status is OrderStatus.PLACED
     assert uow.committed[order.id].attempts == 2
     assert uow.committed[order.id].claimed_until is None
+    assert [sent.id for sent in exchange.orders] == [order.id]
+
+
+def test_a_message_for_an_order_being_reopened_waits_for_the_replay_and_places_it() -> None:
+    # An operator's replay holds the failed order's row lock, reopening it, and has published
+    # its message before committing: the first read sees ``failed``, the locked read the reopening.
+    order = make_order(status=OrderStatus.FAILED, attempts=1, last_error=UNAVAILABLE)
+    uow = FakeUnitOfWork(order)
+    uow.repository.before_next_lock = lambda: commit_elsewhere(uow, order.reopened())
+    exchange = FakeExchange()
+
+    outcome = place(order.id, uow, exchange, FakeClock(T0))
+
+    assert outcome is PlacementOutcome.PLACED
+    assert uow.committed[order.id].status is OrderStatus.PLACED
     assert [sent.id for sent in exchange.orders] == [order.id]
 
 
@@ -145,7 +223,7 @@ def test_drops_a_message_for_an_order_that_never_committed_without_calling_the_e
     assert exchange.orders == []
     assert uow.repository.waited_for == [order_id]
     # Not found, it waits for a creating transaction that may still be open, then looks again.
-    assert uow.events[1:4] == ["get for update", "wait_for_creation", "get for update"]
+    assert uow.events[1:4] == ["get", "wait_for_creation", "get"]
     assert order_id not in uow.committed
     assert uow.commits == 0
 

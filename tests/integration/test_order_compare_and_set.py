@@ -1,0 +1,100 @@
+"""The repository's compare-and-set against PostgreSQL: the workers' every write goes through it.
+
+A placement reads the order, decides, and writes only if the stored order is still the one it
+read; these tests pin the comparison down on the real table, NULLs and timestamps included,
+since a comparison that is wrongly true would let a stale decision overwrite another's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from orders_api.domain import Order, OrderStatus
+from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from tests.unit.fakes import T0, make_order
+
+pytestmark = pytest.mark.integration
+
+LEASE = timedelta(seconds=60)
+
+
+def stored(unit_of_work: Callable[[], SqlAlchemyUnitOfWork], order: Order) -> Order:
+    with unit_of_work() as uow:
+        uow.orders.add(order)
+        uow.commit()
+    return reread(unit_of_work, order)
+
+
+def reread(unit_of_work: Callable[[], SqlAlchemyUnitOfWork], order: Order) -> Order:
+    with unit_of_work() as uow:
+        found = uow.orders.get(order.id)
+    assert found is not None
+    return found
+
+
+def compare_and_set(unit_of_work: Callable[[], SqlAlchemyUnitOfWork], seen: Order, changed: Order) -> bool:
+    with unit_of_work() as uow:
+        written = uow.orders.compare_and_set(seen, changed)
+        uow.commit()
+    return written
+
+
+def test_writes_the_change_when_the_order_is_as_it_was_read(
+    unit_of_work: Callable[[], SqlAlchemyUnitOfWork],
+) -> None:
+    order = stored(unit_of_work, make_order())
+    claimed = order.claim(T0, LEASE)
+
+    assert compare_and_set(unit_of_work, order, claimed) is True
+    assert reread(unit_of_work, order) == claimed
+
+
+def test_writes_nothing_when_another_writer_changed_the_order_since_it_was_read(
+    unit_of_work: Callable[[], SqlAlchemyUnitOfWork],
+) -> None:
+    order = stored(unit_of_work, make_order())
+    rival = order.claim(T0, LEASE)
+    assert compare_and_set(unit_of_work, order, rival) is True
+
+    # A second delivery decided on the order as it was before the rival's claim.
+    late = order.claim(T0 + timedelta(seconds=1), LEASE)
+
+    assert compare_and_set(unit_of_work, order, late) is False
+    assert reread(unit_of_work, order) == rival
+
+
+CLAIM = T0 + LEASE
+
+
+@pytest.mark.parametrize(
+    ("row", "seen"),
+    [
+        pytest.param({}, {"claimed_until": CLAIM}, id="a claim where the row has none (NULL)"),
+        pytest.param({"claimed_until": CLAIM}, {"claimed_until": None}, id="no claim where the row has one"),
+        pytest.param(
+            {"claimed_until": CLAIM},
+            {"claimed_until": CLAIM + timedelta(microseconds=1)},
+            id="claims 1 µs apart",
+        ),
+        pytest.param({}, {"last_error": "an error"}, id="an error where the row has none (NULL)"),
+        pytest.param({}, {"placed_at": T0}, id="a placement time where the row has none (NULL)"),
+        pytest.param({}, {"attempts": 1}, id="attempts"),
+        pytest.param({}, {"abandoned_claims": 1}, id="abandoned claims"),
+        pytest.param({}, {"status": OrderStatus.FAILED}, id="status"),
+    ],
+)
+def test_any_difference_in_a_changeable_field_counts_as_changed(
+    unit_of_work: Callable[[], SqlAlchemyUnitOfWork], row: dict[str, Any], seen: dict[str, Any]
+) -> None:
+    order = stored(unit_of_work, make_order(**row))
+    stale = replace(order, **seen)
+
+    assert (
+        compare_and_set(unit_of_work, stale, replace(order, status=OrderStatus.PLACED, placed_at=T0)) is False
+    )
+    assert reread(unit_of_work, order) == order
