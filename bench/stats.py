@@ -19,10 +19,17 @@ def steady_rate(ordered_times: Sequence[float], low: float = 0.1, high: float = 
 
     Leaves out the start (workers still starting, queues still filling) and the tail (the few
     events that waited out a retry), which would otherwise say more about the run's length than
-    about the rate.
+    about the rate. The rate is the least-squares slope of the event count over time, not the
+    count between the two ends: placements arrive in waves (every thread starts its 0.5 s call
+    at about the same moment), and a ratio between two instants would depend on where in a
+    wave each falls, by up to a wave in a few.
     """
     if len(ordered_times) < 10:
         return math.nan
-    first, last = int(low * len(ordered_times)), int(high * len(ordered_times)) - 1
-    span = ordered_times[last] - ordered_times[first]
-    return (last - first) / span if span > 0 else math.nan
+    window = ordered_times[int(low * len(ordered_times)) : int(high * len(ordered_times))]
+    mean_time = sum(window) / len(window)
+    mean_count = (len(window) - 1) / 2
+    spread = sum((time - mean_time) ** 2 for time in window)
+    if spread <= 0:
+        return math.nan
+    return sum((time - mean_time) * (count - mean_count) for count, time in enumerate(window)) / spread

@@ -30,6 +30,13 @@ def test_steady_rate_counts_events_between_the_chosen_fractions_only() -> None:
     assert math.isnan(steady_rate([1.0, 2.0]))
 
 
+def test_steady_rate_of_placements_arriving_in_waves_is_the_rate_of_the_waves() -> None:
+    # 256 calls of 0.5 s, started together: 256 placements land every 0.5 s, 20 waves in all.
+    times = [wave * 0.5 + i * 1e-5 for wave in range(20) for i in range(256)]
+
+    assert steady_rate(times) == pytest.approx(256 / 0.5, rel=0.03)
+
+
 def test_wrk_records_are_parsed_and_sorted_by_arrival() -> None:
     text = "12.500 3.250 201\n10.000 2.000 500\n"
 
