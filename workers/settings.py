@@ -21,12 +21,13 @@ class WorkerSettings:
     """
 
     shared: Settings = field(default_factory=Settings)
-    #: Threads per worker process: the placements one process runs at once. Each waits 0.5 s on
-    #: the exchange, so a process places up to ``threads / 0.5 s`` orders a second.
+    #: Worker greenlets per process (``dramatiq-gevent``; threads under plain ``dramatiq``): the
+    #: placements one process runs at once. Each waits 0.5 s on the exchange, so a process
+    #: places up to ``threads / 0.5 s`` orders a second.
     threads: int = 128
-    #: Database connections per worker process. A thread holds one only for its two short
-    #: transactions (claim, outcome), not while the exchange answers, so far fewer than
-    #: ``threads`` suffice (docs/benchmarks.md); a thread that finds none free waits up to
+    #: Database connections per worker process. A greenlet holds one only for one statement at
+    #: a time (read, claim, record), not while the exchange answers, so far fewer than
+    #: ``threads`` suffice (docs/benchmarks.md); one that finds none free waits up to
     #: ``DB_POOL_TIMEOUT_S``, and then its message is retried.
     db_pool_size: int = 8
     #: Retries of a failed placement before the order is failed and dead-lettered.
