@@ -18,6 +18,7 @@ from orders_api.service_layer.placement import (
 )
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.broker import create_broker
+from workers.cooperative import make_database_driver_cooperative
 from workers.placement_actor import declare_place_order_actor
 from workers.settings import WorkerSettings
 
@@ -39,6 +40,7 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
 
     Nothing connects here: the engine and the broker open connections on first use.
     """
+    make_database_driver_cooperative()
     # Every write of the placement use cases is one compare-and-set statement that stands alone,
     # so the workers' connections run in autocommit: no BEGIN and COMMIT round trips around them.
     engine = create_engine(

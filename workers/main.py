@@ -5,8 +5,6 @@ wiring runs here, at import, once per process; everything else stays free of imp
 """
 
 from workers.bootstrap import bootstrap
-from workers.cooperative import make_database_driver_cooperative
 from workers.settings import WorkerSettings
 
-make_database_driver_cooperative()
 broker = bootstrap(WorkerSettings.from_env())
