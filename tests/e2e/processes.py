@@ -56,8 +56,6 @@ class ProcessOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     #: The module the dramatiq CLI loads: the production entry point, or a test's own wiring of it.
     worker_module: str = "workers.main"
-    #: The Dramatiq CLI that runs the workers: ``dramatiq-gevent`` (greenlets) or ``dramatiq`` (threads).
-    worker_program: str = "dramatiq-gevent"
 
 
 @dataclass
@@ -215,7 +213,7 @@ def running_service(
         workers = _start(
             "workers (dramatiq)",
             [
-                str(BIN / options.worker_program),
+                str(BIN / "dramatiq-gevent"),  # as `make run` runs them
                 options.worker_module,
                 "--processes",
                 str(options.worker_processes),
