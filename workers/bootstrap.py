@@ -19,7 +19,7 @@ from orders_api.service_layer.placement import (
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.broker import create_broker
 from workers.cooperative import make_database_driver_cooperative
-from workers.placement_actor import declare_place_order_actor
+from workers.placement_actor import declare_place_order_actor, exchange_breaker
 from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -61,5 +61,5 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
 
     broker = create_broker(settings, on_give_up=fail_order)
     dramatiq.set_broker(broker)
-    declare_place_order_actor(broker, settings, unit_of_work, exchange)
+    declare_place_order_actor(broker, settings, unit_of_work, exchange, exchange_breaker(settings))
     return broker

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from datetime import timedelta
 
 import dramatiq
 
 from orders_api.adapters.placement_queue import PLACE_ORDER_ACTOR
-from orders_api.domain import ClaimHeldError, PoisonOrderError
+from orders_api.domain import ClaimHeldError, Order, PoisonOrderError
+from orders_api.service_layer.ordering import utc_now
 from orders_api.service_layer.placement import (
     Exchange,
     OrderAlreadyFailedError,
@@ -18,12 +20,31 @@ from orders_api.service_layer.placement import (
     place_on_exchange,
 )
 from orders_api.service_layer.unit_of_work import UnitOfWork
+from orders_api.stock_exchange import OrderPlacementError
+from workers.circuit_breaker import AdmittedCall, CircuitBreaker, DependencyUnavailableError
 from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 #: Errors that no retry can fix: the message goes straight to the dead-letter queue.
 NOT_RETRYABLE = (ValueError, UnloadableOrderError, PoisonOrderError, OrderAlreadyFailedError)
+#: Errors by which the exchange says it cannot take orders right now. They are expected: the
+#: circuit breaker counts them, and the message is retried with one warning line, not a traceback.
+EXCHANGE_UNAVAILABLE = (OrderPlacementError, ConnectionError, TimeoutError)
+#: Seconds from the breaker opening to its first probe of the exchange (unless the longest pause is shorter).
+FIRST_PROBE_PAUSE_S = 1.0
+
+
+def exchange_breaker(settings: WorkerSettings) -> CircuitBreaker:
+    """The circuit breaker in front of the exchange, one per worker process."""
+    longest_pause_s = settings.breaker_longest_pause_ms / 1000
+    return CircuitBreaker(
+        "the exchange",
+        window=settings.breaker_window,
+        failure_ratio=0.5,
+        first_pause_s=min(FIRST_PROBE_PAUSE_S, longest_pause_s),
+        longest_pause_s=longest_pause_s,
+    )
 
 
 def declare_place_order_actor(
@@ -31,16 +52,31 @@ def declare_place_order_actor(
     settings: WorkerSettings,
     unit_of_work: Callable[[], UnitOfWork],
     exchange: Exchange,
+    breaker: CircuitBreaker,
 ) -> dramatiq.Actor[[str], None]:
     """Declare the actor on ``broker`` with its retry policy and its dependencies bound."""
 
     def place_order(order_id: str) -> None:
         """Place the order named by the message; it carries an id, never the order itself."""
+        ends_by = utc_now() + timedelta(milliseconds=settings.time_limit_ms)
+        parsed_id = parse_order_id(order_id)
         try:
-            place_on_exchange(parse_order_id(order_id), unit_of_work(), exchange, lease=settings.claim_lease)
+            with breaker.admitted(settings.exchange_wait.total_seconds()) as call:
+                place_on_exchange(
+                    parsed_id,
+                    unit_of_work(),
+                    _watched(exchange, call),
+                    lease=settings.claim_lease,
+                    ends_by=ends_by,
+                )
         except ClaimHeldError as held:
             delay_ms = int(held.retry_after.total_seconds() * 1000) + random.randint(100, 1000)
             raise dramatiq.Retry(str(held), delay=delay_ms) from held
+        except DependencyUnavailableError as down:
+            raise dramatiq.Retry(str(down)) from down
+        except EXCHANGE_UNAVAILABLE as refused:
+            logger.warning("order %s not placed, to be retried: %s", order_id, _describe(refused))
+            raise dramatiq.Retry(str(refused)) from refused
 
     declare = dramatiq.actor(
         actor_name=PLACE_ORDER_ACTOR,
@@ -54,3 +90,21 @@ def declare_place_order_actor(
     )
     actor: dramatiq.Actor[[str], None] = declare(place_order)
     return actor
+
+
+def _watched(exchange: Exchange, call: AdmittedCall) -> Exchange:
+    """``exchange``, telling the breaker whether each call found it available."""
+
+    def place(order: Order) -> None:
+        try:
+            exchange(order)
+        except EXCHANGE_UNAVAILABLE:
+            call.failed()
+            raise
+        call.succeeded()
+
+    return place
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"

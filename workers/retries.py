@@ -25,7 +25,8 @@ class DeadLetteringRetries(Retries):
     the failure is one a retry can fix (the stuck-order sweep republishes a dead-lettered one).
 
     When a message is given up for good, for a non-retryable error or exhausted retries,
-    ``on_give_up`` is told, so the order can be marked failed beside its dead-lettered message.
+    ``on_give_up`` is told, so the order can be marked failed beside its dead-lettered message,
+    with the error behind the last ``dramatiq.Retry`` rather than the ``Retry`` itself.
     """
 
     def __init__(self, *, on_give_up: GiveUpHandler) -> None:
@@ -53,6 +54,13 @@ class DeadLetteringRetries(Retries):
             return
         if message.failed:
             try:
-                self._on_give_up(message, exception)
+                self._on_give_up(message, _reason(exception))
             except Exception:
                 logger.exception("could not record that message %s was given up", message.message_id)
+
+
+def _reason(exception: BaseException) -> BaseException:
+    """The error that made a message fail: for a ``dramatiq.Retry``, the error it was raised from."""
+    if isinstance(exception, dramatiq.Retry) and exception.__cause__ is not None:
+        return exception.__cause__
+    return exception

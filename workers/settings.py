@@ -38,11 +38,25 @@ class WorkerSettings:
     max_backoff_ms: int = 300_000
     #: Milliseconds one message may run before it is interrupted and retried.
     time_limit_ms: int = 30_000
+    #: Exchange calls whose outcomes the circuit breaker weighs; it opens once at least half of
+    #: a full window failed (:class:`workers.circuit_breaker.CircuitBreaker`).
+    breaker_window: int = 50
+    #: Longest pause, in milliseconds, between two probes of an exchange that is down: how late,
+    #: at worst, the workers notice that it is back.
+    breaker_longest_pause_ms: int = 15_000
 
     @property
     def claim_lease(self) -> timedelta:
         """How long a claim on an order lasts: longer than any message may run, with a margin."""
         return timedelta(milliseconds=2 * self.time_limit_ms)
+
+    @property
+    def exchange_wait(self) -> timedelta:
+        """How long a message waits for the exchange to come back before it is retried later.
+
+        A third of the time limit, so that the placement itself keeps two thirds of it.
+        """
+        return timedelta(milliseconds=self.time_limit_ms / 3)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -57,4 +71,8 @@ class WorkerSettings:
             min_backoff_ms=int(env.get("PLACEMENT_MIN_BACKOFF_MS", defaults.min_backoff_ms)),
             max_backoff_ms=int(env.get("PLACEMENT_MAX_BACKOFF_MS", defaults.max_backoff_ms)),
             time_limit_ms=int(env.get("PLACEMENT_TIME_LIMIT_MS", defaults.time_limit_ms)),
+            breaker_window=int(env.get("EXCHANGE_BREAKER_WINDOW", defaults.breaker_window)),
+            breaker_longest_pause_ms=int(
+                env.get("EXCHANGE_BREAKER_LONGEST_PAUSE_MS", defaults.breaker_longest_pause_ms)
+            ),
         )

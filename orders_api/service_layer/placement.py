@@ -76,14 +76,17 @@ def place_on_exchange(
     exchange: Exchange,
     *,
     lease: timedelta,
+    ends_by: datetime,
     now: Callable[[], datetime] = utc_now,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PlacementOutcome:
     """Claim the order, call the exchange once, and record the outcome.
 
-    Once the exchange has taken the order, recording ``placed`` is retried for as long as the
-    claim safely lasts: if the database is briefly away, giving up at once would leave the claim
-    to expire and another delivery to place the order a second time.
+    Once the exchange has taken the order, recording ``placed`` is retried until a margin
+    before ``ends_by``, when the caller's time runs out (the actor's time limit): if the
+    database is briefly away, giving up at once would leave the claim to expire and another
+    delivery to place the order a second time. ``lease`` must outlast ``ends_by``, so that the
+    claim is still ours for every try.
 
     :raises ClaimHeldError: another delivery is placing the order right now.
     :raises OrderAlreadyFailedError: the order already failed; its message is to be dead-lettered.
@@ -99,10 +102,7 @@ def place_on_exchange(
         _record(order_id, uow, lambda order: order.released(claimed.claimed_until, reason), seen=claimed)
         raise
     placed_at = now()
-    # The actor's time limit (half the lease) ends the message about half a lease after the
-    # claim began; stop retrying a margin before that, with the claim still ours.
-    deadline = (claimed.claimed_until or placed_at) - lease / 2 - RECORD_MARGIN
-    _record_placement(claimed, uow, placed_at, deadline=deadline, now=now, sleep=sleep)
+    _record_placement(claimed, uow, placed_at, deadline=ends_by - RECORD_MARGIN, now=now, sleep=sleep)
     logger.info("order %s placed on attempt %d", order_id, claimed.attempts)
     return PlacementOutcome.PLACED
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from flask.testing import FlaskClient
 from orders_api.adapters.placement_queue import PlacementPublisher
 from orders_api.config import Settings
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.stock_exchange import OrderPlacementError
 from tests.integration.checks import order_row
 from tests.integration.conftest import StartWorker
 from tests.integration.placement_helpers import (
@@ -25,6 +27,10 @@ from tests.integration.placement_helpers import (
 from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
+
+#: Orders waiting for the exchange in the outage test: more than one breaker window and the
+#: probes of a second, so that retrying each of them would show in the count of calls.
+ORDERS_IN_OUTAGE = 20
 
 
 def dead_lettered_order_ids(rabbit: RabbitAdmin, settings: Settings) -> list[list[str]]:
@@ -161,6 +167,28 @@ def test_exhausted_retries_fail_the_order_and_dead_letter_its_message(
     assert row["attempts"] == 3
     assert "OrderPlacementError" in str(row["last_error"])
     assert dead_lettered_order_ids(rabbit, settings) == [[order_id]]
+
+
+def test_during_an_exchange_outage_placements_wait_for_it_instead_of_retrying_and_are_placed_after_it(
+    client: FlaskClient,
+    start_worker: StartWorker,
+    database: psycopg2.extensions.connection,
+    exchange_outcomes: Callable[..., None],
+) -> None:
+    order_ids = [client.post("/orders", json=ORDER).get_json()["id"] for _ in range(ORDERS_IN_OUTAGE)]
+    exchange = RecordingExchange(fail_with=OrderPlacementError("exchange outage"))
+
+    start_worker(exchange, breaker_window=4, breaker_longest_pause_ms=200)
+    eventually(lambda: exchange.calls)
+    # The outage goes on for a second (``exchange_outcomes`` stubs out ``time.sleep``); without
+    # the breaker each order would be retried every 20-200 ms.
+    threading.Event().wait(1.0)
+    calls_during_outage = len(exchange.calls)
+    exchange.fail_with = None
+    rows = [settled_row(database, order_id) for order_id in order_ids]
+
+    assert all(row["status"] == "placed" for row in rows)
+    assert calls_during_outage < ORDERS_IN_OUTAGE, "the breaker did not hold placements back"
 
 
 def waiting_for_advisory_locks(database: psycopg2.extensions.connection) -> int:

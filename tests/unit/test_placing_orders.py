@@ -35,7 +35,7 @@ def place(
     order_id: uuid.UUID, uow: FakeUnitOfWork, exchange: FakeExchange, clock: FakeClock
 ) -> PlacementOutcome:
     """Handle one delivery of the placement message for ``order_id``."""
-    return place_on_exchange(order_id, uow, exchange, lease=LEASE, now=clock)
+    return place_on_exchange(order_id, uow, exchange, lease=LEASE, ends_by=clock() + LEASE / 2, now=clock)
 
 
 def commit_elsewhere(uow: FakeUnitOfWork, order: Order) -> None:
@@ -499,7 +499,9 @@ def test_a_placement_is_recorded_once_the_database_is_back_within_the_claim() ->
     clock = FakeClock(T0)
     away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=3)
 
-    outcome = place_on_exchange(order.id, uow, away.exchange, lease=LEASE, now=clock, sleep=away.sleep)
+    outcome = place_on_exchange(
+        order.id, uow, away.exchange, lease=LEASE, ends_by=T0 + LEASE / 2, now=clock, sleep=away.sleep
+    )
 
     assert outcome is PlacementOutcome.PLACED
     assert uow.committed[order.id].status is OrderStatus.PLACED
@@ -513,10 +515,30 @@ def test_recording_a_placement_gives_up_before_the_actor_time_limit_with_the_cla
     away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=None)
 
     with pytest.raises(RuntimeError, match="database unavailable"):
-        place_on_exchange(order.id, uow, away.exchange, lease=LEASE, now=clock, sleep=away.sleep)
+        place_on_exchange(
+            order.id, uow, away.exchange, lease=LEASE, ends_by=T0 + LEASE / 2, now=clock, sleep=away.sleep
+        )
 
     assert clock.current < T0 + LEASE / 2
     assert clock.current > T0 + LEASE / 2 - timedelta(seconds=5)
     stored = uow.committed[order.id]
     assert stored.status is OrderStatus.PENDING
     assert stored.claimed_until == T0 + LEASE
+
+
+def test_recording_a_placement_gives_up_before_the_callers_time_runs_out_however_late_the_claim() -> None:
+    # A message that waited for the exchange claims its order late in its time limit; recording
+    # must still stop before that limit, or the actor is interrupted with the claim in place.
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=None)
+    ends_by = T0 + timedelta(seconds=5)
+
+    with pytest.raises(RuntimeError, match="database unavailable"):
+        place_on_exchange(
+            order.id, uow, away.exchange, lease=LEASE, ends_by=ends_by, now=clock, sleep=away.sleep
+        )
+
+    assert ends_by - timedelta(seconds=3) < clock.current < ends_by
+    assert uow.committed[order.id].claimed_until == T0 + LEASE

@@ -1,0 +1,202 @@
+"""The circuit breaker in front of the exchange: when it opens, who it lets through, when it closes.
+
+State changes are driven by a fake clock and ``wait_s=0`` (a caller that may not go out is
+refused at once); the last tests use real threads and short real pauses to show that held-back
+callers are released.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from workers.circuit_breaker import CircuitBreaker, DependencyUnavailableError
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    """Monotonic seconds that move only when the test moves them."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(
+    clock: Clock, *, window: int = 4, first_pause_s: float = 1.0, longest_pause_s: float = 8.0
+) -> CircuitBreaker:
+    return CircuitBreaker(
+        "exchange",
+        window=window,
+        failure_ratio=0.5,
+        first_pause_s=first_pause_s,
+        longest_pause_s=longest_pause_s,
+        clock=clock,
+    )
+
+
+def call(subject: CircuitBreaker, *, fails: bool) -> None:
+    """One call admitted without waiting, with its outcome reported."""
+    with subject.admitted(0) as admitted:
+        if fails:
+            admitted.failed()
+        else:
+            admitted.succeeded()
+
+
+def open_breaker(subject: CircuitBreaker, window: int = 4) -> None:
+    for _ in range(window):
+        call(subject, fails=True)
+    assert subject.is_open
+
+
+def test_the_exchanges_usual_one_in_ten_refusals_never_open_it() -> None:
+    subject = breaker(Clock(), window=50)
+
+    for number in range(5000):
+        call(subject, fails=number % 10 == 0)
+
+    assert not subject.is_open
+
+
+def test_it_opens_only_once_a_full_window_holds_enough_failures() -> None:
+    subject = breaker(Clock(), window=4)
+
+    call(subject, fails=True)
+    call(subject, fails=True)
+    assert not subject.is_open, "two failures are not yet a full window"
+    call(subject, fails=False)
+    call(subject, fails=True)
+
+    assert subject.is_open
+
+
+def test_while_open_callers_are_held_back_until_they_give_up() -> None:
+    subject = breaker(Clock())
+    open_breaker(subject)
+
+    with pytest.raises(DependencyUnavailableError, match="exchange unavailable"), subject.admitted(0):
+        pytest.fail("a call went out while the breaker was open")
+
+
+def test_after_the_pause_one_probe_goes_out_and_the_others_still_wait() -> None:
+    clock = Clock()
+    subject = breaker(clock)
+    open_breaker(subject)
+    clock.now += 1.0
+
+    with subject.admitted(0) as probe:
+        assert probe.probe
+        with pytest.raises(DependencyUnavailableError), subject.admitted(0):
+            pytest.fail("a second call went out beside the probe")
+
+
+def test_a_successful_probe_closes_it_for_everyone() -> None:
+    clock = Clock()
+    subject = breaker(clock)
+    open_breaker(subject)
+    clock.now += 1.0
+
+    call(subject, fails=False)
+
+    assert not subject.is_open
+    with subject.admitted(0) as admitted:
+        assert not admitted.probe
+
+
+def test_each_failed_probe_doubles_the_pause_up_to_the_longest() -> None:
+    clock = Clock()
+    subject = breaker(clock, first_pause_s=1.0, longest_pause_s=3.0)
+    open_breaker(subject)
+    pauses = []
+    for _ in range(3):
+        waited = 0.0
+        while True:
+            try:
+                call(subject, fails=True)
+                break
+            except DependencyUnavailableError:
+                clock.now += 0.5
+                waited += 0.5
+        pauses.append(waited)
+
+    assert pauses == [1.0, 2.0, 3.0]
+
+
+def test_late_failures_of_calls_made_before_it_opened_do_not_lengthen_the_pause() -> None:
+    clock = Clock()
+    subject = breaker(clock)
+    with subject.admitted(0) as late_one, subject.admitted(0) as late_two:
+        open_breaker(subject)
+        late_one.failed()
+        late_two.failed()
+    clock.now += 1.0
+
+    with subject.admitted(0) as probe:
+        assert probe.probe
+
+
+def test_a_late_success_closes_it_the_exchange_is_answering() -> None:
+    subject = breaker(Clock())
+    with subject.admitted(0) as late:
+        open_breaker(subject)
+        late.succeeded()
+
+    assert not subject.is_open
+
+
+def test_a_probe_that_made_no_call_hands_the_probe_on() -> None:
+    clock = Clock()
+    subject = breaker(clock)
+    open_breaker(subject)
+    clock.now += 1.0
+
+    with subject.admitted(0) as first:
+        assert first.probe  # ends without a call, as for an order found already placed
+    with subject.admitted(0) as second:
+        assert second.probe
+
+
+def test_settings_that_make_no_sense_are_refused() -> None:
+    with pytest.raises(ValueError, match="first_pause_s"):
+        breaker(Clock(), first_pause_s=5.0, longest_pause_s=1.0)
+
+
+def test_held_back_callers_go_out_together_once_the_probe_succeeds() -> None:
+    subject = CircuitBreaker(
+        "exchange", window=4, failure_ratio=0.5, first_pause_s=0.05, longest_pause_s=0.05
+    )
+    open_breaker(subject)
+    admitted: list[bool] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        with subject.admitted(5.0) as call_:
+            with lock:
+                admitted.append(call_.probe)
+            if call_.probe:
+                call_.succeeded()
+
+    callers = [threading.Thread(target=caller) for _ in range(8)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(timeout=5.0)
+
+    assert len(admitted) == 8
+    assert admitted.count(True) == 1, "exactly one caller probed"
+    assert not subject.is_open
+
+
+def test_held_back_callers_give_up_after_their_wait_while_the_exchange_stays_down() -> None:
+    subject = CircuitBreaker(
+        "exchange", window=4, failure_ratio=0.5, first_pause_s=10.0, longest_pause_s=10.0
+    )
+    open_breaker(subject)
+
+    with pytest.raises(DependencyUnavailableError), subject.admitted(0.05):
+        pytest.fail("a call went out while the breaker was open")
