@@ -16,6 +16,7 @@ from orders_api.service_layer.placement import (
     Exchange,
     OrderAlreadyFailedError,
     UnloadableOrderError,
+    note_still_waiting,
     parse_order_id,
     place_on_exchange,
 )
@@ -40,8 +41,8 @@ def exchange_breaker(settings: WorkerSettings) -> CircuitBreaker:
     longest_pause_s = settings.breaker_longest_pause_ms / 1000
     return CircuitBreaker(
         "the exchange",
-        window=settings.breaker_window,
-        failure_ratio=0.5,
+        failures_to_open=settings.breaker_failures,
+        quiet_s=settings.breaker_quiet_ms / 1000,
         first_pause_s=min(FIRST_PROBE_PAUSE_S, longest_pause_s),
         longest_pause_s=longest_pause_s,
     )
@@ -73,6 +74,7 @@ def declare_place_order_actor(
             delay_ms = int(held.retry_after.total_seconds() * 1000) + random.randint(100, 1000)
             raise dramatiq.Retry(str(held), delay=delay_ms) from held
         except DependencyUnavailableError as down:
+            note_still_waiting(parsed_id, unit_of_work())
             raise dramatiq.Retry(str(down)) from down
         except EXCHANGE_UNAVAILABLE as refused:
             logger.warning("order %s not placed, to be retried: %s", order_id, _describe(refused))

@@ -38,9 +38,11 @@ class WorkerSettings:
     max_backoff_ms: int = 300_000
     #: Milliseconds one message may run before it is interrupted and retried.
     time_limit_ms: int = 30_000
-    #: Exchange calls whose outcomes the circuit breaker weighs; it opens once at least half of
-    #: a full window failed (:class:`workers.circuit_breaker.CircuitBreaker`).
-    breaker_window: int = 50
+    #: Refusals since the exchange last answered, and seconds since that answer, after which the
+    #: circuit breaker holds placements back (:class:`workers.circuit_breaker.CircuitBreaker`);
+    #: the quiet time is well above the 0.5 s the exchange takes to answer.
+    breaker_failures: int = 20
+    breaker_quiet_ms: int = 2000
     #: Longest pause, in milliseconds, between two probes of an exchange that is down: how late,
     #: at worst, the workers notice that it is back.
     breaker_longest_pause_ms: int = 15_000
@@ -71,7 +73,8 @@ class WorkerSettings:
             min_backoff_ms=int(env.get("PLACEMENT_MIN_BACKOFF_MS", defaults.min_backoff_ms)),
             max_backoff_ms=int(env.get("PLACEMENT_MAX_BACKOFF_MS", defaults.max_backoff_ms)),
             time_limit_ms=int(env.get("PLACEMENT_TIME_LIMIT_MS", defaults.time_limit_ms)),
-            breaker_window=int(env.get("EXCHANGE_BREAKER_WINDOW", defaults.breaker_window)),
+            breaker_failures=int(env.get("EXCHANGE_BREAKER_FAILURES", defaults.breaker_failures)),
+            breaker_quiet_ms=int(env.get("EXCHANGE_BREAKER_QUIET_MS", defaults.breaker_quiet_ms)),
             breaker_longest_pause_ms=int(
                 env.get("EXCHANGE_BREAKER_LONGEST_PAUSE_MS", defaults.breaker_longest_pause_ms)
             ),

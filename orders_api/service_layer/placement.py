@@ -116,6 +116,22 @@ def mark_failed(order_id: uuid.UUID, uow: UnitOfWork, error: BaseException) -> b
     return True
 
 
+def note_still_waiting(order_id: uuid.UUID, uow: UnitOfWork) -> None:
+    """Touch a pending order whose message is being put back to wait for the exchange.
+
+    The stale-order sweep takes a pending order that nobody touched for long for one whose
+    message was lost, and republishes it. Every claim and release touches the order, but while
+    the circuit breaker holds placements back there are none, so the waiting message touches
+    the order itself, once per retry: after a long outage the sweep would otherwise republish
+    every order in the backlog.
+    """
+    with uow:
+        order = uow.orders.get(order_id)
+        if order is not None and order.status is OrderStatus.PENDING:
+            uow.orders.compare_and_set(order, order)  # writes nothing new but updated_at
+            uow.commit()
+
+
 def _claim(
     order_id: uuid.UUID, uow: UnitOfWork, *, lease: timedelta, now: Callable[[], datetime]
 ) -> Order | PlacementOutcome:

@@ -28,8 +28,8 @@ from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
 
-#: Orders waiting for the exchange in the outage test: more than one breaker window and the
-#: probes of a second, so that retrying each of them would show in the count of calls.
+#: Orders waiting for the exchange in the outage test: more than the probes of a second, so
+#: that retrying each of them would show in the count of calls.
 ORDERS_IN_OUTAGE = 20
 
 
@@ -178,17 +178,20 @@ def test_during_an_exchange_outage_placements_wait_for_it_instead_of_retrying_an
     order_ids = [client.post("/orders", json=ORDER).get_json()["id"] for _ in range(ORDERS_IN_OUTAGE)]
     exchange = RecordingExchange(fail_with=OrderPlacementError("exchange outage"))
 
-    start_worker(exchange, breaker_window=4, breaker_longest_pause_ms=200)
+    start_worker(exchange, breaker_failures=4, breaker_quiet_ms=100, breaker_longest_pause_ms=200)
     eventually(lambda: exchange.calls)
-    # The outage goes on for a second (``exchange_outcomes`` stubs out ``time.sleep``); without
-    # the breaker each order would be retried every 20-200 ms.
+    # ``exchange_outcomes`` stubs out ``time.sleep``, so the test waits on an event instead:
+    # first until the breaker has opened (100 ms without an answer), then a second of outage,
+    # in which each order would otherwise be retried every 20-200 ms.
+    threading.Event().wait(0.5)
+    calls_before = len(exchange.calls)
     threading.Event().wait(1.0)
-    calls_during_outage = len(exchange.calls)
+    calls_while_open = len(exchange.calls) - calls_before
     exchange.fail_with = None
     rows = [settled_row(database, order_id) for order_id in order_ids]
 
     assert all(row["status"] == "placed" for row in rows)
-    assert calls_during_outage < ORDERS_IN_OUTAGE, "the breaker did not hold placements back"
+    assert calls_while_open < ORDERS_IN_OUTAGE, "the breaker did not hold placements back"
 
 
 def waiting_for_advisory_locks(database: psycopg2.extensions.connection) -> int:

@@ -16,6 +16,10 @@ from workers.circuit_breaker import CircuitBreaker, DependencyUnavailableError
 pytestmark = pytest.mark.unit
 
 
+#: Seconds without an answer after which refusals open the breaker.
+QUIET_S = 2.0
+
+
 class Clock:
     """Monotonic seconds that move only when the test moves them."""
 
@@ -27,12 +31,12 @@ class Clock:
 
 
 def breaker(
-    clock: Clock, *, window: int = 4, first_pause_s: float = 1.0, longest_pause_s: float = 8.0
+    clock: Clock, *, failures_to_open: int = 4, first_pause_s: float = 1.0, longest_pause_s: float = 8.0
 ) -> CircuitBreaker:
     return CircuitBreaker(
         "exchange",
-        window=window,
-        failure_ratio=0.5,
+        failures_to_open=failures_to_open,
+        quiet_s=QUIET_S,
         first_pause_s=first_pause_s,
         longest_pause_s=longest_pause_s,
         clock=clock,
@@ -48,36 +52,68 @@ def call(subject: CircuitBreaker, *, fails: bool) -> None:
             admitted.succeeded()
 
 
-def open_breaker(subject: CircuitBreaker, window: int = 4) -> None:
-    for _ in range(window):
+def open_breaker(subject: CircuitBreaker, clock: Clock, failures: int = 4) -> None:
+    """Refusals, and nothing else, for longer than the quiet time."""
+    clock.now += QUIET_S
+    for _ in range(failures):
         call(subject, fails=True)
     assert subject.is_open
 
 
-def test_the_exchanges_usual_one_in_ten_refusals_never_open_it() -> None:
-    subject = breaker(Clock(), window=50)
+def test_refusals_never_open_it_while_the_exchange_keeps_answering() -> None:
+    clock = Clock()
+    subject = breaker(clock)
 
     for number in range(5000):
-        call(subject, fails=number % 10 == 0)
+        clock.now += 0.01
+        call(subject, fails=number % 10 != 0)  # nine in ten refused; the tenth answers
 
     assert not subject.is_open
 
 
-def test_it_opens_only_once_a_full_window_holds_enough_failures() -> None:
-    subject = breaker(Clock(), window=4)
+def test_a_burst_of_fast_refusals_before_the_first_slow_answer_does_not_open_it() -> None:
+    # The exchange refuses at once and answers after 0.5 s: 512 calls in flight report about
+    # 50 refusals before the first answer arrives.
+    clock = Clock()
+    subject = breaker(clock, failures_to_open=4)
 
-    call(subject, fails=True)
-    call(subject, fails=True)
-    assert not subject.is_open, "two failures are not yet a full window"
+    for _ in range(50):
+        call(subject, fails=True)
+    clock.now += 0.5
     call(subject, fails=False)
+
+    assert not subject.is_open
+
+
+def test_it_opens_once_enough_calls_failed_and_none_answered_for_the_quiet_time() -> None:
+    clock = Clock()
+    subject = breaker(clock, failures_to_open=4)
+    call(subject, fails=False)
+
+    for _ in range(10):
+        call(subject, fails=True)
+    assert not subject.is_open, "the last answer is too recent"
+    clock.now += QUIET_S
     call(subject, fails=True)
 
     assert subject.is_open
 
 
+def test_a_few_refusals_over_a_quiet_stretch_do_not_open_it() -> None:
+    clock = Clock()
+    subject = breaker(clock, failures_to_open=4)
+    clock.now += 60.0
+
+    for _ in range(3):
+        call(subject, fails=True)
+
+    assert not subject.is_open
+
+
 def test_while_open_callers_are_held_back_until_they_give_up() -> None:
-    subject = breaker(Clock())
-    open_breaker(subject)
+    clock = Clock()
+    subject = breaker(clock)
+    open_breaker(subject, clock)
 
     with pytest.raises(DependencyUnavailableError, match="exchange unavailable"), subject.admitted(0):
         pytest.fail("a call went out while the breaker was open")
@@ -86,7 +122,7 @@ def test_while_open_callers_are_held_back_until_they_give_up() -> None:
 def test_after_the_pause_one_probe_goes_out_and_the_others_still_wait() -> None:
     clock = Clock()
     subject = breaker(clock)
-    open_breaker(subject)
+    open_breaker(subject, clock)
     clock.now += 1.0
 
     with subject.admitted(0) as probe:
@@ -98,7 +134,7 @@ def test_after_the_pause_one_probe_goes_out_and_the_others_still_wait() -> None:
 def test_a_successful_probe_closes_it_for_everyone() -> None:
     clock = Clock()
     subject = breaker(clock)
-    open_breaker(subject)
+    open_breaker(subject, clock)
     clock.now += 1.0
 
     call(subject, fails=False)
@@ -111,7 +147,7 @@ def test_a_successful_probe_closes_it_for_everyone() -> None:
 def test_each_failed_probe_doubles_the_pause_up_to_the_longest() -> None:
     clock = Clock()
     subject = breaker(clock, first_pause_s=1.0, longest_pause_s=3.0)
-    open_breaker(subject)
+    open_breaker(subject, clock)
     pauses = []
     for _ in range(3):
         waited = 0.0
@@ -131,7 +167,7 @@ def test_late_failures_of_calls_made_before_it_opened_do_not_lengthen_the_pause(
     clock = Clock()
     subject = breaker(clock)
     with subject.admitted(0) as late_one, subject.admitted(0) as late_two:
-        open_breaker(subject)
+        open_breaker(subject, clock)
         late_one.failed()
         late_two.failed()
     clock.now += 1.0
@@ -141,9 +177,10 @@ def test_late_failures_of_calls_made_before_it_opened_do_not_lengthen_the_pause(
 
 
 def test_a_late_success_closes_it_the_exchange_is_answering() -> None:
-    subject = breaker(Clock())
+    clock = Clock()
+    subject = breaker(clock)
     with subject.admitted(0) as late:
-        open_breaker(subject)
+        open_breaker(subject, clock)
         late.succeeded()
 
     assert not subject.is_open
@@ -152,7 +189,7 @@ def test_a_late_success_closes_it_the_exchange_is_answering() -> None:
 def test_a_probe_that_made_no_call_hands_the_probe_on() -> None:
     clock = Clock()
     subject = breaker(clock)
-    open_breaker(subject)
+    open_breaker(subject, clock)
     clock.now += 1.0
 
     with subject.admitted(0) as first:
@@ -168,9 +205,10 @@ def test_settings_that_make_no_sense_are_refused() -> None:
 
 def test_held_back_callers_go_out_together_once_the_probe_succeeds() -> None:
     subject = CircuitBreaker(
-        "exchange", window=4, failure_ratio=0.5, first_pause_s=0.05, longest_pause_s=0.05
+        "exchange", failures_to_open=4, quiet_s=0, first_pause_s=0.05, longest_pause_s=0.05
     )
-    open_breaker(subject)
+    for _ in range(4):
+        call(subject, fails=True)
     admitted: list[bool] = []
     lock = threading.Lock()
 
@@ -194,9 +232,10 @@ def test_held_back_callers_go_out_together_once_the_probe_succeeds() -> None:
 
 def test_held_back_callers_give_up_after_their_wait_while_the_exchange_stays_down() -> None:
     subject = CircuitBreaker(
-        "exchange", window=4, failure_ratio=0.5, first_pause_s=10.0, longest_pause_s=10.0
+        "exchange", failures_to_open=4, quiet_s=0, first_pause_s=10.0, longest_pause_s=10.0
     )
-    open_breaker(subject)
+    for _ in range(4):
+        call(subject, fails=True)
 
     with pytest.raises(DependencyUnavailableError), subject.admitted(0.05):
         pytest.fail("a call went out while the breaker was open")

@@ -19,6 +19,7 @@ from orders_api.service_layer.placement import (
     PlacementOutcome,
     UnloadableOrderError,
     mark_failed,
+    note_still_waiting,
     parse_order_id,
     place_on_exchange,
 )
@@ -542,3 +543,23 @@ def test_recording_a_placement_gives_up_before_the_callers_time_runs_out_however
 
     assert ends_by - timedelta(seconds=3) < clock.current < ends_by
     assert uow.committed[order.id].claimed_until == T0 + LEASE
+
+
+def test_a_pending_order_whose_message_waits_for_the_exchange_is_touched_so_the_sweep_leaves_it() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    uow.repository.stale.add(order.id)
+
+    note_still_waiting(order.id, uow)
+
+    assert order.id not in uow.repository.stale
+    assert uow.committed[order.id] == order
+
+
+def test_a_settled_order_is_not_touched_by_a_waiting_message() -> None:
+    order = replace(make_order(), status=OrderStatus.PLACED, placed_at=T0)
+    uow = FakeUnitOfWork(order)
+
+    note_still_waiting(order.id, uow)
+
+    assert "compare_and_set" not in uow.repository.events
