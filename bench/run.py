@@ -4,7 +4,8 @@ In order, on a database and a RabbitMQ vhost of the run's own (dropped at the en
 
 1. ``POST /orders`` at 16 and 64 connections, with the API and the workers started as ``make run``
    starts them (``WEB_WORKERS``, ``WEB_THREADS``, ``WORKER_PROCESSES``, ``WORKER_THREADS`` and
-   the settings' defaults, from the environment ``make`` passes).
+   the settings' defaults, from the environment ``make`` passes); then at 64 with the workers
+   paused, to show what the placements beside the API cost it.
 2. With the service stopped: a bare Flask JSON endpoint under gunicorn (2 gthread workers of 16
    threads), the ceiling of any Flask design here; single-row INSERT commits (pgbench) and confirmed
    persistent publishes (:mod:`bench.publish_rate`) at the same concurrency, the ceilings of
@@ -114,6 +115,9 @@ def _measure(
         (workdir / part).mkdir()
     with running_service(settings, workdir / "service", options) as service:
         normal = {c: _post(box, service, c, duration_s, workdir / f"post-{c}") for c in CONNECTIONS}
+        print("bench: POST /orders with the workers paused (where the cores go)", flush=True)
+        with _workers_paused(service):
+            paused = _post(box, service, 64, duration_s, workdir / "post-64-workers-paused")
 
     print("bench: bare Flask endpoint, service stopped", flush=True)
     with _bare_endpoint(workdir / "bare") as url:
@@ -163,6 +167,16 @@ def _measure(
                 "POST /orders", post, unique, ratio(post.rate, bare[c].rate, "of bare"), _cpu_note(cpu, post)
             )
         )
+    post, unique, cpu = paused
+    rows.append(
+        _load_row(
+            "POST /orders, workers paused",
+            post,
+            unique,
+            ratio(post.rate, bare[64].rate, "of bare"),
+            _cpu_note(cpu, post),
+        )
+    )
     for c in CONNECTIONS:
         rows.append(_ceiling_row("PostgreSQL INSERT commits (pgbench)", inserts[c], normal[c][0].rate))
     for c in CONNECTIONS:
@@ -203,6 +217,7 @@ def _measure(
         inserts={c: asdict(inserts[c]) for c in CONNECTIONS},
         publishes={c: asdict(publishes[c]) for c in CONNECTIONS},
         outage=_load_figures(*outage),
+        workers_paused=_load_figures(*paused),
         placements=[asdict(result) for result in placements],
     )
     series = {
@@ -279,6 +294,20 @@ def _load_figures(
     figures = {key: value for key, value in asdict(result).items() if key != "records"}
     figures.update(rate=result.rate, unique=unique, cpu_s=dict(cpu or {}))
     return figures
+
+
+@contextmanager
+def _workers_paused(service: RunningService) -> Iterator[None]:
+    """The worker processes stopped (SIGSTOP) and resumed after: the API's chain without placements.
+
+    Not a way to run the service, a measurement: how much of the two cores the placements of the
+    orders being posted take from the API beside them. Messages wait in the queue meanwhile.
+    """
+    os.killpg(service.workers_pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.killpg(service.workers_pid, signal.SIGCONT)
 
 
 @contextmanager
