@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import dramatiq
-from sqlalchemy.orm import sessionmaker
 
 from orders_api import stock_exchange
 from orders_api.adapters.database import create_engine
@@ -46,10 +45,9 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
     engine = create_engine(
         settings.shared, pool_size=settings.db_pool_size, application_name=APPLICATION_NAME, autocommit=True
     )
-    sessions = sessionmaker(bind=engine)
 
     def unit_of_work() -> SqlAlchemyUnitOfWork:
-        return SqlAlchemyUnitOfWork(sessions)
+        return SqlAlchemyUnitOfWork(engine)
 
     def fail_order(message: dramatiq.MessageProxy, error: BaseException) -> None:
         try:

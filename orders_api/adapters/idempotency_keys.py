@@ -10,7 +10,6 @@ from typing import Any, Final, cast
 import sqlalchemy as sa
 from psycopg2 import errors
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session
 
 from orders_api.adapters.tables import idempotency_keys
 from orders_api.idempotency import KEY_TTL, IdempotencyKey, IdempotencyKeyInFlightError
@@ -23,8 +22,8 @@ _CLAIM_ATTEMPTS: Final = 3
 class SqlAlchemyIdempotencyKeyRepository:
     """Keys stored in ``idempotency_keys``; never commits, the unit of work does."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
 
     def claim(self, record: IdempotencyKey) -> IdempotencyKey:
         """Store ``record`` unless its key is taken; return the record that holds the key now.
@@ -39,7 +38,7 @@ class SqlAlchemyIdempotencyKeyRepository:
         """
         with _in_flight_on_timeout(record.key):
             for _ in range(_CLAIM_ATTEMPTS):
-                inserted = self._session.execute(
+                inserted = self._connection.execute(
                     postgresql.insert(idempotency_keys)
                     .values(
                         key=record.key,
@@ -65,7 +64,7 @@ class SqlAlchemyIdempotencyKeyRepository:
         :raises IdempotencyKeyInFlightError: that transaction outlasted the timeout.
         """
         with _in_flight_on_timeout(record.key):
-            self._session.execute(
+            self._connection.execute(
                 sa.delete(idempotency_keys).where(
                     idempotency_keys.c.key == record.key, idempotency_keys.c.order_id == record.order_id
                 )
@@ -73,14 +72,14 @@ class SqlAlchemyIdempotencyKeyRepository:
 
     def purge_expired(self, now: datetime) -> int:
         """Delete every key older than :data:`~orders_api.idempotency.KEY_TTL` at ``now``; return how many."""
-        result = self._session.execute(
+        result = self._connection.execute(
             sa.delete(idempotency_keys).where(idempotency_keys.c.created_at < now - KEY_TTL)
         )
         return cast("sa.CursorResult[Any]", result).rowcount
 
     def _get(self, key: str) -> IdempotencyKey | None:
         row = (
-            self._session.execute(sa.select(idempotency_keys).where(idempotency_keys.c.key == key))
+            self._connection.execute(sa.select(idempotency_keys).where(idempotency_keys.c.key == key))
             .mappings()
             .one_or_none()
         )

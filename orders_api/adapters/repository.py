@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from orders_api.adapters.tables import orders
 from orders_api.domain import Order, OrderStatus, OrderType, Side
@@ -74,15 +73,13 @@ def creation_lock_key(order_id: uuid.UUID) -> int:
 
 
 class SqlAlchemyOrderRepository:
-    """Orders stored in the ``orders`` table; never commits, the unit of work does.
+    """Orders stored in the ``orders`` table, read and written on the unit of work's connection.
 
-    Statements run on the session's connection (its transaction) rather than through
-    ``Session.execute``: they are Core statements with no ORM entities, and skipping the ORM's
-    execution path saves CPU on every request and placement.
+    Never commits; the unit of work does.
     """
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
 
     def add(self, order: Order) -> None:
         """Insert a new order and hold its creation lock until this transaction ends.
@@ -90,18 +87,16 @@ class SqlAlchemyOrderRepository:
         A worker takes the same lock before reading the order, so it waits for this
         transaction's outcome instead of mistaking a not-yet-committed order for an orphan.
         """
-        self._session.connection().execute(
-            _LOCK_AND_INSERT, {**_row(order), "lock_key": creation_lock_key(order.id)}
-        )
+        self._connection.execute(_LOCK_AND_INSERT, {**_row(order), "lock_key": creation_lock_key(order.id)})
 
     def wait_for_creation(self, order_id: uuid.UUID) -> None:
         """Block until the transaction that created ``order_id``, if any is open, has ended."""
-        self._session.connection().execute(_WAIT_FOR_CREATION, {"lock_key": creation_lock_key(order_id)})
+        self._connection.execute(_WAIT_FOR_CREATION, {"lock_key": creation_lock_key(order_id)})
 
     def get(self, order_id: uuid.UUID, *, for_update: bool = False) -> Order | None:
         """Load an order, locking its row until the transaction ends when ``for_update``."""
         query = _GET_FOR_UPDATE if for_update else _GET
-        row = self._session.connection().execute(query, {"order_id": order_id}).mappings().one_or_none()
+        row = self._connection.execute(query, {"order_id": order_id}).mappings().one_or_none()
         return None if row is None else _order(row)
 
     def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
@@ -124,11 +119,11 @@ class SqlAlchemyOrderRepository:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        return [_order(row) for row in self._session.connection().execute(query).mappings()]
+        return [_order(row) for row in self._connection.execute(query).mappings()]
 
     def update(self, order: Order) -> None:
         """Write back what may change over an order's life: status, claim, attempts and errors."""
-        self._session.connection().execute(_UPDATE, {"order_id": order.id, **_changeable(order, "new_")})
+        self._connection.execute(_UPDATE, {"order_id": order.id, **_changeable(order, "new_")})
 
     def compare_and_set(self, seen: Order, changed: Order) -> bool:
         """Write ``changed`` only if the stored order still is ``seen``; return whether it was written.
@@ -138,7 +133,7 @@ class SqlAlchemyOrderRepository:
         again. The change was computed from ``seen``, so writing it over an equal row is the
         same as computing it from that row.
         """
-        result = self._session.connection().execute(
+        result = self._connection.execute(
             _COMPARE_AND_SET,
             {"order_id": seen.id, **_changeable(changed, "new_"), **_changeable(seen, "seen_")},
         )

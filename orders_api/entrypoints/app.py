@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     )
     atexit.register(publisher.close)
     app.extensions["orders"] = OrderServices(
-        unit_of_work=lambda: SqlAlchemyUnitOfWork(db.session),
+        unit_of_work=lambda: SqlAlchemyUnitOfWork(db.engine),
         placements=PlacementPublisher(publisher, settings.placement_queue),
     )
     app.extensions["orders.publisher"] = publisher

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
 
-from sqlalchemy.orm import Session
+import sqlalchemy as sa
 
 from orders_api.adapters.idempotency_keys import SqlAlchemyIdempotencyKeyRepository
 from orders_api.adapters.repository import SqlAlchemyOrderRepository
@@ -82,26 +81,31 @@ class UnitOfWork(Protocol):
 
 
 class SqlAlchemyUnitOfWork:
-    """A unit of work over a fresh SQLAlchemy session per use, never shared between threads."""
+    """A unit of work over a connection of its own from the engine's pool, never shared between threads.
+
+    A SQLAlchemy Core ``Connection``, not an ORM ``Session``: the repositories run prebuilt Core
+    statements and map rows to domain objects themselves, so a session would add its identity
+    map, state tracking and bind resolution to every request and placement and use none of it
+    (docs/benchmarks.md).
+    """
 
     orders: SqlAlchemyOrderRepository
     idempotency_keys: SqlAlchemyIdempotencyKeyRepository
 
-    def __init__(self, session_factory: Callable[[], Session]) -> None:
-        self._session_factory = session_factory
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
 
     def __enter__(self) -> Self:
-        self._session = self._session_factory()
-        self.orders = SqlAlchemyOrderRepository(self._session)
-        self.idempotency_keys = SqlAlchemyIdempotencyKeyRepository(self._session)
+        self._connection = self._engine.connect()
+        self.orders = SqlAlchemyOrderRepository(self._connection)
+        self.idempotency_keys = SqlAlchemyIdempotencyKeyRepository(self._connection)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._session.rollback()
-        self._session.close()
+        self._connection.close()  # rolls back whatever was not committed
 
     def commit(self) -> None:
         """Commit; raises if PostgreSQL did not confirm it, in which case the outcome may be unknown."""
-        self._session.commit()
+        self._connection.commit()

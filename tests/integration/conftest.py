@@ -11,7 +11,6 @@ import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy.orm import sessionmaker
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
 from orders_api.adapters.database import create_engine
@@ -121,6 +120,5 @@ def placements(settings: Settings) -> Iterator[PlacementPublisher]:
 def unit_of_work(settings: Settings) -> Iterator[Callable[[], SqlAlchemyUnitOfWork]]:
     """Units of work on an engine of the test's own, for storing orders outside the API."""
     engine = create_engine(settings, pool_size=2)
-    sessions = sessionmaker(bind=engine)
-    yield lambda: SqlAlchemyUnitOfWork(sessions)
+    yield lambda: SqlAlchemyUnitOfWork(engine)
     engine.dispose()

@@ -22,7 +22,6 @@ import psycopg2.extensions
 import pytest
 import requests
 from flask.testing import FlaskClient
-from sqlalchemy.orm import sessionmaker
 from werkzeug.test import TestResponse
 
 from orders_api.adapters.database import create_engine
@@ -459,7 +458,7 @@ def test_purging_deletes_expired_keys_and_keeps_fresh_ones_and_all_orders(
         )
     engine = create_engine(settings, pool_size=1)
     try:
-        purged = purge_expired_idempotency_keys(SqlAlchemyUnitOfWork(sessionmaker(bind=engine)))
+        purged = purge_expired_idempotency_keys(SqlAlchemyUnitOfWork(engine))
     finally:
         engine.dispose()
 
