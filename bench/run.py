@@ -10,8 +10,10 @@ In order, on a database and a RabbitMQ vhost of the run's own (dropped at the en
    threads), the ceiling of any Flask design here; single-row INSERT commits (pgbench) and confirmed
    persistent publishes (:mod:`bench.publish_rate`) at the same concurrency, the ceilings of
    the chain.
-3. ``POST /orders`` at 64 connections while every call to the exchange fails
-   (:mod:`bench.outage_workers`).
+3. ``POST /orders`` at 64 connections with the exchange up, then, on the same processes, while
+   every call to it fails (the workers' entry point :mod:`tests.faults.outage_workers` refuses
+   every call while a marker file exists): the ratio of the two is the endpoint's isolation
+   from the exchange, free of the run-to-run noise between two separately started services.
 4. Placement throughput at 64, 256 and 512 orders in flight (:mod:`bench.placement`).
 
 Load comes from wrk (C, a process of its own, ``bench/orders.lua``: a unique body per request);
@@ -46,6 +48,7 @@ from bench.report import Row, plot, ratio, table
 from bench.sandbox import Sandbox, sandbox, scalar
 from orders_api.config import Settings
 from tests.e2e.processes import BIN, PROJECT_ROOT, ProcessOptions, RunningService, running_service
+from tests.faults.harness import OUTAGE_MARKER_ENV
 
 #: Connections (and, for the ceilings, concurrency) of the two load levels.
 CONNECTIONS = (16, 64)
@@ -57,6 +60,8 @@ WARM_UP_S = 2.0
 BARE_START_TIMEOUT_S = 20.0
 #: The bare endpoint's gunicorn: the issue's reference, 2 gthread workers of 16 threads.
 BARE_WORKERS, BARE_THREADS = 2, 16
+#: The workers' entry point whose exchange refuses every call while the marker file exists.
+OUTAGE_WORKER_MODULE = "tests.faults.outage_workers"
 #: Who runs what, for the CPU split.
 _USERS = {"postgres": "postgres", "rabbitmq": "rabbitmq"}
 
@@ -136,13 +141,25 @@ def _measure(
         for c in CONNECTIONS
     }
 
-    print("bench: POST /orders during an exchange outage", flush=True)
+    print("bench: POST /orders with the exchange up, then during an outage, same processes", flush=True)
     outage_settings = Settings(
         database_url=box.database_url, rabbitmq_url=box.rabbitmq_url, placement_queue="order-placement-outage"
     )
-    outage_options = ProcessOptions(**{**asdict(options), "worker_module": "bench.outage_workers"})
+    marker = workdir / "exchange-down"
+    outage_options = ProcessOptions(
+        **{
+            **asdict(options),
+            "worker_module": OUTAGE_WORKER_MODULE,
+            "extra_env": {**options.extra_env, OUTAGE_MARKER_ENV: str(marker)},
+        }
+    )
     with running_service(outage_settings, workdir / "outage", outage_options) as service:
-        outage = _post(box, service, 64, duration_s, workdir / "outage-64")
+        exchange_up = _post(box, service, 64, duration_s, workdir / "exchange-up-64")
+        marker.touch()
+        try:
+            outage = _post(box, service, 64, duration_s, workdir / "outage-64")
+        finally:
+            marker.unlink()
 
     placements = []
     for step, in_flight in enumerate(IN_FLIGHT):
@@ -181,13 +198,15 @@ def _measure(
         rows.append(_ceiling_row("PostgreSQL INSERT commits (pgbench)", inserts[c], normal[c][0].rate))
     for c in CONNECTIONS:
         rows.append(_ceiling_row("RabbitMQ confirmed publishes", publishes[c], normal[c][0].rate))
+    post, unique, cpu = exchange_up
+    rows.append(_load_row("POST /orders, exchange up", post, unique, note=_cpu_note(cpu, post)))
     post, unique, cpu = outage
     rows.append(
         _load_row(
             "POST /orders, exchange outage",
             post,
             unique,
-            ratio(post.rate, normal[64][0].rate, "of normal"),
+            ratio(post.rate, exchange_up[0].rate, "of up"),
             _cpu_note(cpu, post),
         )
     )
@@ -216,6 +235,7 @@ def _measure(
         bare={c: _load_figures(bare[c]) for c in CONNECTIONS},
         inserts={c: asdict(inserts[c]) for c in CONNECTIONS},
         publishes={c: asdict(publishes[c]) for c in CONNECTIONS},
+        exchange_up=_load_figures(*exchange_up),
         outage=_load_figures(*outage),
         workers_paused=_load_figures(*paused),
         placements=[asdict(result) for result in placements],

@@ -1,11 +1,12 @@
-"""Dramatiq entry point for the exchange-outage scenario: ``dramatiq tests.faults.outage_workers``.
+"""Dramatiq entry point with an exchange outage to switch on: ``dramatiq tests.faults.outage_workers``.
 
 The production wiring (``workers.bootstrap.bootstrap``) with one change: while the file named by
 ``FAULTS_EXCHANGE_OUTAGE_MARKER`` exists, every call to the exchange fails with
 ``OrderPlacementError``, as a real exchange's outage would; otherwise the call goes to
-``workers.bootstrap.logged_exchange``, the stand-in the other scenarios use. The test creates
-and deletes the file to start and end the outage, so no production code knows about faults.
-Like ``workers.main``, the wiring runs at import, once in each worker process.
+``workers.bootstrap.logged_exchange``, the stand-in the other scenarios use. The fault suite's
+exchange-outage scenario and ``make bench`` create and delete the file to start and end the
+outage, so no production code knows about faults. Like ``workers.main``, the wiring runs at
+import, once in each worker process.
 """
 
 from __future__ import annotations
