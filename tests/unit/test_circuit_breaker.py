@@ -60,6 +60,14 @@ def open_breaker(subject: CircuitBreaker, clock: Clock, failures: int = 4) -> No
     assert subject.is_open
 
 
+def opened_breaker() -> tuple[Clock, CircuitBreaker]:
+    """A breaker with default settings, just opened, and its clock."""
+    clock = Clock()
+    subject = breaker(clock)
+    open_breaker(subject, clock)
+    return clock, subject
+
+
 def test_refusals_never_open_it_while_the_exchange_keeps_answering() -> None:
     clock = Clock()
     subject = breaker(clock)
@@ -111,18 +119,14 @@ def test_a_few_refusals_over_a_quiet_stretch_do_not_open_it() -> None:
 
 
 def test_while_open_callers_are_held_back_until_they_give_up() -> None:
-    clock = Clock()
-    subject = breaker(clock)
-    open_breaker(subject, clock)
+    _, subject = opened_breaker()
 
     with pytest.raises(DependencyUnavailableError, match="exchange unavailable"), subject.admitted(0):
         pytest.fail("a call went out while the breaker was open")
 
 
 def test_after_the_pause_one_probe_goes_out_and_the_others_still_wait() -> None:
-    clock = Clock()
-    subject = breaker(clock)
-    open_breaker(subject, clock)
+    clock, subject = opened_breaker()
     clock.now += 1.0
 
     with subject.admitted(0) as probe:
@@ -132,9 +136,7 @@ def test_after_the_pause_one_probe_goes_out_and_the_others_still_wait() -> None:
 
 
 def test_a_successful_probe_closes_it_for_everyone() -> None:
-    clock = Clock()
-    subject = breaker(clock)
-    open_breaker(subject, clock)
+    clock, subject = opened_breaker()
     clock.now += 1.0
 
     call(subject, fails=False)
@@ -187,9 +189,7 @@ def test_a_late_success_closes_it_the_exchange_is_answering() -> None:
 
 
 def test_a_probe_that_made_no_call_hands_the_probe_on() -> None:
-    clock = Clock()
-    subject = breaker(clock)
-    open_breaker(subject, clock)
+    clock, subject = opened_breaker()
     clock.now += 1.0
 
     with subject.admitted(0) as first:
