@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -42,6 +43,15 @@ class QueueDeclaration:
 
     name: str
     arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to publish persistently to the queue named by ``routing_key``."""
+
+    routing_key: str
+    body: bytes
+    message_id: str
 
 
 @dataclass
@@ -92,23 +102,33 @@ class ConfirmedPublisher:
 
         :raises PublishError: the message cannot be taken as stored by the broker.
         """
+        self.publish_all([OutgoingMessage(routing_key, body, message_id)])
+
+    def publish_all(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish ``messages`` persistently, in one hand-off to the I/O thread, and wait for every confirm.
+
+        One deadline covers them all. Handing a batch over at once wakes the I/O thread once
+        and lets the broker confirm the batch in one window.
+
+        :raises PublishError: a message cannot be taken as stored by the broker (the others may be).
+        """
         self._ensure_started()
         if not self._ready.wait(self._connect_timeout_s):
             raise PublishError("RabbitMQ is not reachable")
         connection = self._connection
         if connection is None:
             raise PublishError("RabbitMQ is not reachable")
-        confirmed: Future[None] = Future()
+        confirms: list[Future[None]] = [Future() for _ in messages]
         try:
-            connection.ioloop.add_callback_threadsafe(
-                partial(self._publish_in_loop, routing_key, body, message_id, confirmed)
-            )
+            connection.ioloop.add_callback_threadsafe(partial(self._publish_all_in_loop, messages, confirms))
         except Exception as error:
-            raise PublishError(f"cannot hand the message to the I/O thread: {error}") from error
-        try:
-            confirmed.result(timeout=self._confirm_timeout_s)
-        except FutureTimeout as error:
-            raise PublishError(f"no confirm from RabbitMQ within {self._confirm_timeout_s} s") from error
+            raise PublishError(f"cannot hand the messages to the I/O thread: {error}") from error
+        deadline = time.monotonic() + self._confirm_timeout_s
+        for confirmed in confirms:
+            try:
+                confirmed.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout as error:
+                raise PublishError(f"no confirm from RabbitMQ within {self._confirm_timeout_s} s") from error
 
     def is_connected(self) -> bool:
         """Whether the publisher currently holds an open, confirming channel."""
@@ -231,9 +251,13 @@ class ConfirmedPublisher:
             callback=partial(self._declare_queue, index + 1),
         )
 
-    def _publish_in_loop(
-        self, routing_key: str, body: bytes, message_id: str, confirmed: Future[None]
+    def _publish_all_in_loop(
+        self, messages: Sequence[OutgoingMessage], confirms: Sequence[Future[None]]
     ) -> None:
+        for message, confirmed in zip(messages, confirms, strict=True):
+            self._publish_in_loop(message, confirmed)
+
+    def _publish_in_loop(self, message: OutgoingMessage, confirmed: Future[None]) -> None:
         channel = self._channel
         if channel is None or not channel.is_open or not self._ready.is_set():
             confirmed.set_exception(PublishError("no open channel to RabbitMQ"))
@@ -241,12 +265,12 @@ class ConfirmedPublisher:
         try:
             channel.basic_publish(
                 exchange="",
-                routing_key=routing_key,
-                body=body,
+                routing_key=message.routing_key,
+                body=message.body,
                 properties=pika.BasicProperties(
                     delivery_mode=pika.DeliveryMode.Persistent,
                     content_type="application/json",
-                    message_id=message_id,
+                    message_id=message.message_id,
                 ),
                 mandatory=True,
             )
@@ -254,8 +278,8 @@ class ConfirmedPublisher:
             confirmed.set_exception(PublishError(f"publish failed: {error}"))
             return
         self._last_tag += 1
-        self._unconfirmed[self._last_tag] = _Unconfirmed(confirmed, message_id)
-        self._tags_by_message_id[message_id] = self._last_tag
+        self._unconfirmed[self._last_tag] = _Unconfirmed(confirmed, message.message_id)
+        self._tags_by_message_id[message.message_id] = self._last_tag
 
     def _on_return(
         self,

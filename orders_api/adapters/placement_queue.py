@@ -7,12 +7,13 @@ Dramatiq's own, so the Dramatiq worker consumes what is published here.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from dramatiq.common import dq_name, xq_name
 
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, QueueDeclaration
+from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage, QueueDeclaration
 
 #: Name of the Dramatiq actor that places an order on the exchange.
 PLACE_ORDER_ACTOR = "place_order"
@@ -61,6 +62,16 @@ class PlacementPublisher:
 
         :raises PublishError: the broker did not confirm it.
         """
+        self.request_placements([order_id])
+
+    def request_placements(self, order_ids: Sequence[uuid.UUID]) -> None:
+        """Publish a persistent ``place_order`` message for each order and wait for every confirm.
+
+        :raises PublishError: the broker did not confirm one of them.
+        """
+        self._publisher.publish_all([self._message(order_id) for order_id in order_ids])
+
+    def _message(self, order_id: uuid.UUID) -> OutgoingMessage:
         message: dramatiq.Message[None] = dramatiq.Message(
             queue_name=self._queue_name,
             actor_name=PLACE_ORDER_ACTOR,
@@ -68,4 +79,4 @@ class PlacementPublisher:
             kwargs={},
             options={},
         )
-        self._publisher.publish(self._queue_name, message.encode(), message_id=message.message_id)
+        return OutgoingMessage(self._queue_name, message.encode(), message.message_id)

@@ -19,10 +19,17 @@ from orders_api.entrypoints import health, orders
 from orders_api.entrypoints.cli import dead_letters_cli, reconcile_command
 from orders_api.entrypoints.errors import register_error_handlers
 from orders_api.entrypoints.services import OrderServices
+from orders_api.service_layer.group_commit import GroupCommit
+from orders_api.service_layer.ordering import accept_orders
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 
 #: Largest request body accepted; an order is a few hundred bytes.
 MAX_BODY_BYTES = 16 * 1024
+#: Most orders one group commit stores together; a process rarely has more requests in flight.
+ORDERS_PER_COMMIT = 64
+#: Seconds a request waits for its group commit at most: a safety net above what one batch can
+#: take (pool wait, statement and confirm timeouts) with one batch ahead of it.
+GROUP_COMMIT_WAIT_S = 30.0
 
 db = SQLAlchemy(metadata=metadata)
 
@@ -53,9 +60,21 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
         confirm_timeout_s=settings.confirm_timeout_s,
     )
     atexit.register(publisher.close)
+    placements = PlacementPublisher(publisher, settings.placement_queue)
+
+    def unit_of_work() -> SqlAlchemyUnitOfWork:
+        # Also called from the group commit's thread, which has no app context of its own.
+        with app.app_context():
+            return SqlAlchemyUnitOfWork(db.engine)
+
     app.extensions["orders"] = OrderServices(
-        unit_of_work=lambda: SqlAlchemyUnitOfWork(db.engine),
-        placements=PlacementPublisher(publisher, settings.placement_queue),
+        unit_of_work=unit_of_work,
+        placements=placements,
+        intake=GroupCommit(
+            lambda batch: accept_orders(batch, unit_of_work(), placements),
+            max_batch=ORDERS_PER_COMMIT,
+            wait_s=GROUP_COMMIT_WAIT_S,
+        ),
     )
     app.extensions["orders.publisher"] = publisher
     app.extensions["orders.settings"] = settings

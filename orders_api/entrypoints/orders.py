@@ -14,7 +14,7 @@ from orders_api.domain import Order, OrderType, Side
 from orders_api.entrypoints.schemas import OrderRequestSchema
 from orders_api.entrypoints.services import OrderServices
 from orders_api.idempotency import IdempotentRequest, request_fingerprint, validated_key
-from orders_api.service_layer.ordering import SubmitOrder, get_order, submit_order
+from orders_api.service_layer.ordering import SubmitOrder, get_order, new_order, submit_order
 
 blueprint = Blueprint("orders", __name__, url_prefix="/orders")
 
@@ -28,7 +28,10 @@ IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 def create_order() -> tuple[Response, int, dict[str, str]]:
     """Accept an order: ``201`` only once it is committed and its placement is confirmed by the broker.
 
-    A repeat with the same ``Idempotency-Key`` and body gets the same order and answer again.
+    Without an ``Idempotency-Key`` the order is committed together with the others in flight in
+    this process (group commit). A repeat with the same ``Idempotency-Key`` and body gets the
+    same order and answer again; such requests keep a transaction of their own, as the key is
+    claimed inside it.
     """
     key = _idempotency_key()
     body = _json_body()
@@ -41,8 +44,12 @@ def create_order() -> tuple[Response, int, dict[str, str]]:
         quantity=fields["quantity"],
     )
     services = _services()
-    idempotency = None if key is None else IdempotentRequest(key, request_fingerprint(body))
-    order = submit_order(command, services.unit_of_work(), services.placements, idempotency=idempotency)
+    if key is None:
+        order = new_order(command)
+        services.intake.submit(order)
+    else:
+        idempotency = IdempotentRequest(key, request_fingerprint(body))
+        order = submit_order(command, services.unit_of_work(), services.placements, idempotency=idempotency)
     location = url_for("orders.show_order", order_id=order.id)
     return jsonify(order_representation(order)), 201, {"Location": location}
 

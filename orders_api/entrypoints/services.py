@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orders_api.domain import Order
+from orders_api.service_layer.group_commit import GroupCommit
 from orders_api.service_layer.ordering import PlacementRequests
 from orders_api.service_layer.unit_of_work import UnitOfWork
 
@@ -15,3 +17,5 @@ class OrderServices:
 
     unit_of_work: Callable[[], UnitOfWork]
     placements: PlacementRequests
+    #: Accepts orders without an ``Idempotency-Key`` together with the others in flight.
+    intake: GroupCommit[Order]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,6 +19,13 @@ class PlacementRequests(Protocol):
 
     def request_placement(self, order_id: uuid.UUID) -> None:
         """Durably ask the workers to place ``order_id``, or raise."""
+
+
+class BatchPlacementRequests(PlacementRequests, Protocol):
+    """Placement requests that can also be made for many orders at once."""
+
+    def request_placements(self, order_ids: Sequence[uuid.UUID]) -> None:
+        """Durably ask the workers to place every one of ``order_ids``, or raise."""
 
 
 @dataclass(frozen=True)
@@ -63,15 +70,7 @@ def submit_order(
     :raises IdempotencyKeyReusedError: the key was first used with a different request.
     :raises IdempotencyKeyInFlightError: the request holding the key has not ended in time.
     """
-    order = Order(
-        id=new_id(),
-        created_at=now(),
-        type=command.type,
-        side=command.side,
-        instrument=command.instrument,
-        limit_price=command.limit_price,
-        quantity=command.quantity,
-    )
+    order = new_order(command, now=now, new_id=new_id)
     with uow:
         uow.orders.add(order)
         if idempotency is not None:
@@ -82,6 +81,39 @@ def submit_order(
         placements.request_placement(order.id)
         uow.commit()
     return order
+
+
+def new_order(
+    command: SubmitOrder,
+    *,
+    now: Callable[[], datetime] = utc_now,
+    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+) -> Order:
+    """The pending order a client's request describes, with a fresh id, not yet stored."""
+    return Order(
+        id=new_id(),
+        created_at=now(),
+        type=command.type,
+        side=command.side,
+        instrument=command.instrument,
+        limit_price=command.limit_price,
+        quantity=command.quantity,
+    )
+
+
+def accept_orders(orders: Sequence[Order], uow: UnitOfWork, placements: BatchPlacementRequests) -> None:
+    """Store new orders and durably request their placement, all of them or none.
+
+    :func:`submit_order` for a batch (see :mod:`orders_api.service_layer.group_commit`): one
+    transaction holds every order and its creation lock, every message is published and
+    confirmed before it commits, and anything failing first rolls them all back. A message
+    confirmed for a batch that then rolled back names an order that never committed, which the
+    worker recognises and drops, as for a single order.
+    """
+    with uow:
+        uow.orders.add_many(orders)
+        placements.request_placements([order.id for order in orders])
+        uow.commit()
 
 
 def get_order(order_id: uuid.UUID, uow: UnitOfWork) -> Order | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Protocol, Self
@@ -20,6 +21,9 @@ class OrderRepository(Protocol):
 
     def add(self, order: Order) -> None:
         """Store a new order and keep its creation lock until the transaction ends."""
+
+    def add_many(self, batch: Sequence[Order]) -> None:
+        """Store new orders and keep each one's creation lock until the transaction ends."""
 
     def wait_for_creation(self, order_id: uuid.UUID) -> None:
         """Wait until the transaction creating ``order_id`` has ended."""

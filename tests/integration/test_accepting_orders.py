@@ -29,6 +29,8 @@ LIMIT_ORDER = {
     "quantity": 10,
 }
 MARKET_ORDER = {"type": "market", "side": "sell", "instrument": "DE0007164600", "quantity": 3}
+#: Requests sent at once in the group-commit test: enough that some arrive while a batch is open.
+CONCURRENT_POSTS = 24
 
 
 @pytest.fixture
@@ -68,6 +70,41 @@ def test_accepted_order_is_committed_and_its_message_is_in_the_durable_queue(
     payload = rabbit.peek_bodies(settings.placement_queue)[0]
     assert payload["actor_name"] == "place_order"
     assert payload["args"] == [body["id"]]
+
+
+def test_orders_posted_at_once_are_committed_together_each_with_its_message(
+    client_for: Callable[[Settings], FlaskClient],
+    settings: Settings,
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    order: dict[str, object],
+) -> None:
+    app = client_for(settings).application
+    responses: list[tuple[int, str]] = []
+
+    def post() -> None:
+        response = app.test_client().post("/orders", json=order)
+        responses.append((response.status_code, response.get_json().get("id", "")))
+
+    threads = [threading.Thread(target=post) for _ in range(CONCURRENT_POSTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert [status for status, _ in responses] == [201] * CONCURRENT_POSTS
+    with database.cursor() as cursor:
+        # Rows inserted by one transaction share its id (xmin): fewer transactions than rows
+        # means the requests were committed together.
+        cursor.execute(
+            "SELECT count(*), count(DISTINCT xmin::text) FROM orders WHERE instrument = %s",
+            (order["instrument"],),
+        )
+        rows, transactions = cursor.fetchone() or (0, 0)
+    assert rows == CONCURRENT_POSTS
+    assert transactions < CONCURRENT_POSTS
+    requested = [payload["args"][0] for payload in rabbit.peek_bodies(settings.placement_queue)]
+    assert sorted(requested) == sorted(order_id for _, order_id in responses)
 
 
 def test_market_order_is_accepted_without_a_limit_price(client: FlaskClient) -> None:

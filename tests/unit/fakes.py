@@ -11,7 +11,7 @@ request succeeded).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -89,6 +89,14 @@ class FakeOrderRepository:
         if order.id in self.rows:
             raise KeyError(f"duplicate order id {order.id}")
         self.rows[order.id] = order
+
+    def add_many(self, batch: Sequence[Order]) -> None:
+        """Store new orders as :meth:`add` stores each, recorded as one event."""
+        self.events.append("add_many")
+        for order in batch:
+            if order.id in self.rows:
+                raise KeyError(f"duplicate order id {order.id}")
+            self.rows[order.id] = order
 
     def wait_for_creation(self, order_id: uuid.UUID) -> None:
         """Record the wait; with no concurrent transactions in memory there is nothing to wait for."""
@@ -291,6 +299,13 @@ class FakePlacementRequests:
         if self.fail_with is not None:
             raise self.fail_with
         self.requested.append(order_id)
+
+    def request_placements(self, order_ids: Sequence[uuid.UUID]) -> None:
+        """Record the requests as one event, or raise :attr:`fail_with` without recording any."""
+        self.events.append("request_placements")
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.requested.extend(order_ids)
 
 
 class FakeExchange:

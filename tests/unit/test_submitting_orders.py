@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from orders_api.domain import Order, OrderStatus, OrderType, Side
-from orders_api.service_layer.ordering import SubmitOrder, get_order, submit_order
+from orders_api.service_layer.ordering import SubmitOrder, accept_orders, get_order, submit_order
 from tests.unit.fakes import T0, FakePlacementRequests, FakeUnitOfWork, make_order
 
 pytestmark = pytest.mark.unit
@@ -150,3 +150,30 @@ def test_get_order_finds_an_order_right_after_it_was_submitted() -> None:
     order = submit(uow, FakePlacementRequests())
 
     assert get_order(ORDER_ID, uow) == order
+
+
+# Accepting a batch of orders (group commit)
+
+
+def test_a_batch_of_orders_is_stored_requested_and_committed_together() -> None:
+    uow = FakeUnitOfWork()
+    placements = FakePlacementRequests(events=uow.events)
+    batch = [make_order(), make_order(), make_order()]
+
+    accept_orders(batch, uow, placements)
+
+    assert uow.committed == {order.id: order for order in batch}
+    assert placements.requested == [order.id for order in batch]
+    assert uow.events == ["begin", "add_many", "request_placements", "commit", "end"]
+
+
+def test_a_failed_placement_request_commits_no_order_of_the_batch() -> None:
+    uow = FakeUnitOfWork()
+    outage = BrokerUnavailableError("one message of the batch was nacked")
+    placements = FakePlacementRequests(events=uow.events, fail_with=outage)
+
+    with pytest.raises(BrokerUnavailableError):
+        accept_orders([make_order(), make_order()], uow, placements)
+
+    assert uow.committed == {}
+    assert uow.rollbacks == 1
