@@ -80,34 +80,39 @@ def test_a_lone_submission_is_processed_alone_before_submit_returns() -> None:
     assert process.batches == [[1]]
 
 
+def behind_a_held_batch(
+    subject: GroupCommit[int], process: RecordingProcess, items: list[int]
+) -> dict[int, object]:
+    """Submit 0, hold its batch open while ``items`` are submitted, then let everything finish.
+
+    Returns every submitter's outcome; the items were all waiting before the first batch ended.
+    """
+    threads, outcomes = submit_in_threads(subject, [0])
+    assert process.first_started.wait(TIMEOUT_S)
+    more_threads, more_outcomes = submit_in_threads(subject, items)
+    eventually(lambda: queued(subject) == len(items))
+    process.gate.set()
+    for thread in threads + more_threads:
+        thread.join(TIMEOUT_S)
+    return {**outcomes, **more_outcomes}
+
+
 def test_submissions_made_while_a_batch_is_processed_go_together_into_the_next() -> None:
     process = RecordingProcess(hold_first=True)
     subject = GroupCommit(process, max_batch=8, wait_s=TIMEOUT_S)
-    first, _ = submit_in_threads(subject, [0])
-    assert process.first_started.wait(TIMEOUT_S)
 
-    rest, outcomes = submit_in_threads(subject, [1, 2, 3, 4, 5])
-    eventually(lambda: queued(subject) == 5)
-    process.gate.set()
-    for thread in first + rest:
-        thread.join(TIMEOUT_S)
+    outcomes = behind_a_held_batch(subject, process, [1, 2, 3, 4, 5])
 
     assert process.batches[0] == [0]
     assert sorted(process.batches[1]) == [1, 2, 3, 4, 5]
-    assert outcomes == dict.fromkeys([1, 2, 3, 4, 5])
+    assert outcomes == dict.fromkeys([0, 1, 2, 3, 4, 5])
 
 
 def test_a_batch_holds_at_most_max_batch_items() -> None:
     process = RecordingProcess(hold_first=True)
     subject = GroupCommit(process, max_batch=2, wait_s=TIMEOUT_S)
-    first, _ = submit_in_threads(subject, [0])
-    assert process.first_started.wait(TIMEOUT_S)
 
-    rest, _ = submit_in_threads(subject, [1, 2, 3, 4, 5])
-    eventually(lambda: queued(subject) == 5)
-    process.gate.set()
-    for thread in first + rest:
-        thread.join(TIMEOUT_S)
+    behind_a_held_batch(subject, process, [1, 2, 3, 4, 5])
 
     assert [len(batch) for batch in process.batches] == [1, 2, 2, 1]
 
@@ -117,19 +122,12 @@ def test_an_error_reaches_every_submitter_of_its_batch_and_the_next_batch_goes_o
     subject = GroupCommit(process, max_batch=8, wait_s=TIMEOUT_S)
     failure = RuntimeError("broker nacked")
     process.fail_with = failure
-    first, first_outcome = submit_in_threads(subject, [0])
-    assert process.first_started.wait(TIMEOUT_S)
-    rest, outcomes = submit_in_threads(subject, [1, 2, 3])
-    eventually(lambda: queued(subject) == 3)
-    process.gate.set()
-    for thread in first + rest:
-        thread.join(TIMEOUT_S)
+    outcomes = behind_a_held_batch(subject, process, [1, 2, 3])
     process.fail_with = None
 
     subject.submit(4)
 
-    assert first_outcome == {0: failure}
-    assert outcomes == {1: failure, 2: failure, 3: failure}
+    assert outcomes == dict.fromkeys([0, 1, 2, 3], failure)
     assert process.batches[-1] == [4]
 
 
