@@ -71,7 +71,7 @@ def make_run_options(environ: Mapping[str, str] | None = None) -> ProcessOptions
     env = os.environ if environ is None else environ
     return ProcessOptions(
         web_workers=int(env.get("WEB_WORKERS", "2")),
-        web_threads=int(env.get("WEB_THREADS", "16")),
+        web_threads=int(env.get("WEB_THREADS", "32")),
         worker_processes=int(env.get("WORKER_PROCESSES", "2")),
         worker_threads=int(env.get("WORKER_THREADS", "128")),
     )

@@ -35,9 +35,10 @@ class Settings:
     idle_in_transaction_timeout_ms: int = 10000
     #: Seconds to wait for a free connection from the pool.
     pool_timeout_s: float = 2.0
-    #: Connections each API process keeps open to PostgreSQL: one per request thread
-    #: (``WEB_THREADS``), since a request holds its connection while it waits for the confirm.
-    db_pool_size: int = 16
+    #: Connections each API process may open to PostgreSQL: one per request thread
+    #: (``WEB_THREADS``), since a request with an ``Idempotency-Key`` holds its connection while
+    #: it waits for the confirm (the others share their group commit's one connection).
+    db_pool_size: int = 32
     #: Whether each connection taken from the pool is first tested with a round trip. Off: the
     #: test cost a quarter of an order's CPU (docs/benchmarks.md), and without it a connection
     #: that died with the server fails the first statement of its transaction, before anything

@@ -8,7 +8,7 @@ bin="${VENV:-.venv}/bin"
 # Each child runs in a session of its own, so a terminal's Ctrl-C reaches only this script, which
 # then sends each child exactly one SIGTERM: Dramatiq takes a second signal as "kill in-flight work".
 setsid "$bin/gunicorn" --bind "127.0.0.1:${PORT:-8000}" \
-  --worker-class gthread --workers "${WEB_WORKERS:-2}" --threads "${WEB_THREADS:-16}" \
+  --worker-class gthread --workers "${WEB_WORKERS:-2}" --threads "${WEB_THREADS:-32}" \
   --graceful-timeout 20 --no-control-socket orders_api.wsgi:app &
 api=$!
 setsid "$bin/dramatiq-gevent" workers.main --processes "${WORKER_PROCESSES:-2}" --threads "${WORKER_THREADS:-128}" &
