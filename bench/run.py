@@ -178,36 +178,18 @@ def _measure(
             )
         )
     for c in CONNECTIONS:
-        post, unique, cpu = normal[c]
-        rows.append(
-            _load_row(
-                "POST /orders", post, unique, ratio(post.rate, bare[c].rate, "of bare"), _cpu_note(cpu, post)
-            )
-        )
-    post, unique, cpu = paused
+        rows.append(_post_row("POST /orders", normal[c], ratio(normal[c][0].rate, bare[c].rate, "of bare")))
     rows.append(
-        _load_row(
-            "POST /orders, workers paused",
-            post,
-            unique,
-            ratio(post.rate, bare[64].rate, "of bare"),
-            _cpu_note(cpu, post),
-        )
+        _post_row("POST /orders, workers paused", paused, ratio(paused[0].rate, bare[64].rate, "of bare"))
     )
     for c in CONNECTIONS:
         rows.append(_ceiling_row("PostgreSQL INSERT commits (pgbench)", inserts[c], normal[c][0].rate))
     for c in CONNECTIONS:
         rows.append(_ceiling_row("RabbitMQ confirmed publishes", publishes[c], normal[c][0].rate))
-    post, unique, cpu = exchange_up
-    rows.append(_load_row("POST /orders, exchange up", post, unique, note=_cpu_note(cpu, post)))
-    post, unique, cpu = outage
+    rows.append(_post_row("POST /orders, exchange up", exchange_up))
     rows.append(
-        _load_row(
-            "POST /orders, exchange outage",
-            post,
-            unique,
-            ratio(post.rate, exchange_up[0].rate, "of up"),
-            _cpu_note(cpu, post),
+        _post_row(
+            "POST /orders, exchange outage", outage, ratio(outage[0].rate, exchange_up[0].rate, "of up")
         )
     )
     for result in placements:
@@ -266,6 +248,12 @@ def _post(
         unique: int = scalar(cursor)
     cpu["wrk"] = result.cpu_s
     return result, unique, cpu
+
+
+def _post_row(name: str, measured: tuple[LoadResult, int, dict[str, float]], versus: str = "") -> Row:
+    """A POST run's row from what :func:`_post` measured: wrk's figures, the bodies stored, the CPU split."""
+    post, unique, cpu = measured
+    return _load_row(name, post, unique, versus, _cpu_note(cpu, post))
 
 
 def _load_row(
