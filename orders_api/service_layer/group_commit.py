@@ -7,6 +7,11 @@ process, most of that was the same fixed cost paid again and again (docs/benchma
 processes them together on a thread of its own, and each submitter returns only once its batch has
 been processed, or raises what processing it raised: the batch is all or nothing, so what one
 submitter is told holds for every item of its batch.
+
+A submitter that gives up waiting must be able to say "not placed": its item is withdrawn if no
+batch has taken it yet, and then never processed; once a batch has taken it, the submitter waits
+for that batch's outcome, which the batch's own bounds (statement, confirm and commit timeouts)
+bring within a bounded time.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ Item = TypeVar("Item")
 
 
 class GroupCommitTimeoutError(Exception):
-    """The batch holding the item did not end in time; whether it was committed is unknown."""
+    """No batch took the item in time; it was withdrawn and will never be processed."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,8 @@ class GroupCommit(Generic[Item]):
     def submit(self, item: Item) -> None:
         """Have ``item`` processed in the next batch; return once that batch was processed.
 
-        :raises GroupCommitTimeoutError: the batch did not end within ``wait_s``, a bound above
-            what processing a batch can take (its steps have timeouts of their own).
+        :raises GroupCommitTimeoutError: no batch took the item within ``wait_s`` (the batches
+            ahead of it were stuck); it was withdrawn and will never be processed.
         :raises Exception: whatever processing the batch raised.
         """
         self._ensure_started()
@@ -64,7 +69,12 @@ class GroupCommit(Generic[Item]):
         try:
             submission.done.result(timeout=self._wait_s)
         except FutureTimeout as error:
-            raise GroupCommitTimeoutError(f"the batch did not end within {self._wait_s} s") from error
+            if submission.done.cancel():
+                raise GroupCommitTimeoutError(
+                    f"no batch took the item within {self._wait_s} s; withdrawn"
+                ) from error
+            # A batch holds the item: only its outcome can say whether the item was processed.
+            submission.done.result()
 
     def _ensure_started(self) -> None:
         if self._thread is not None:
@@ -76,12 +86,14 @@ class GroupCommit(Generic[Item]):
 
     def _run(self) -> None:
         while True:
-            batch = [self._submitted.get()]
+            batch = self._take([self._submitted.get()])
             while len(batch) < self._max_batch:
                 try:
-                    batch.append(self._submitted.get_nowait())
+                    batch += self._take([self._submitted.get_nowait()])
                 except queue.Empty:
                     break
+            if not batch:
+                continue
             try:
                 self._process([submission.item for submission in batch])
             except BaseException as error:
@@ -92,3 +104,8 @@ class GroupCommit(Generic[Item]):
             else:
                 for submission in batch:
                     submission.done.set_result(None)
+
+    @staticmethod
+    def _take(submissions: list[_Submission[Item]]) -> list[_Submission[Item]]:
+        """The submissions still wanted: one whose submitter gave up (cancelled) is dropped here."""
+        return [submission for submission in submissions if submission.done.set_running_or_notify_cancel()]

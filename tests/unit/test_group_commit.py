@@ -131,14 +131,36 @@ def test_an_error_reaches_every_submitter_of_its_batch_and_the_next_batch_goes_o
     assert process.batches[-1] == [4]
 
 
-def test_a_batch_that_does_not_end_in_time_is_a_timeout_whose_outcome_is_unknown() -> None:
+def test_a_submission_no_batch_took_in_time_is_withdrawn_and_never_processed() -> None:
+    process = RecordingProcess(hold_first=True)
+    subject = GroupCommit(process, max_batch=8, wait_s=0.2)
+    threads, first_outcomes = submit_in_threads(subject, [0])
+    assert process.first_started.wait(TIMEOUT_S)
+
+    with pytest.raises(GroupCommitTimeoutError, match="withdrawn"):
+        subject.submit(1)
+    process.gate.set()
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    subject.submit(2)
+
+    assert first_outcomes == {0: None}
+    assert process.batches == [[0], [2]]
+
+
+def test_a_submitter_whose_batch_outlasts_the_wait_gets_the_batch_outcome_not_a_timeout() -> None:
     process = RecordingProcess(hold_first=True)
     subject = GroupCommit(process, max_batch=8, wait_s=0.05)
+    threads, outcomes = submit_in_threads(subject, [1])
+    assert process.first_started.wait(TIMEOUT_S)
 
-    with pytest.raises(GroupCommitTimeoutError, match="did not end within"):
-        subject.submit(1)
-
+    time.sleep(0.2)  # well past wait_s, with the item inside a batch that has not ended
     process.gate.set()
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+
+    assert outcomes == {1: None}
+    assert process.batches == [[1]]
 
 
 def test_a_batch_limit_below_one_is_refused() -> None:
