@@ -33,6 +33,10 @@ class Settings:
     statement_timeout_ms: int = 3000
     #: Milliseconds a transaction may sit idle; a backstop against a stuck holder of locks.
     idle_in_transaction_timeout_ms: int = 10000
+    #: Seconds any wait on PostgreSQL may take on the client's side (a reply, a COMMIT, a
+    #: connection): above ``statement_timeout``, so it only fires when the server cannot enforce
+    #: that itself (frozen or cut off); see :mod:`orders_api.adapters.database`.
+    db_reply_timeout_s: float = 5.0
     #: Seconds to wait for a free connection from the pool.
     pool_timeout_s: float = 2.0
     #: Connections each API process may open to PostgreSQL: one per request thread
@@ -64,6 +68,7 @@ class Settings:
             idle_in_transaction_timeout_ms=int(
                 env.get("IDLE_IN_TRANSACTION_TIMEOUT_MS", defaults.idle_in_transaction_timeout_ms)
             ),
+            db_reply_timeout_s=float(env.get("DB_REPLY_TIMEOUT_S", defaults.db_reply_timeout_s)),
             pool_timeout_s=float(env.get("DB_POOL_TIMEOUT_S", defaults.pool_timeout_s)),
             db_pool_size=int(env.get("DB_POOL_SIZE", defaults.db_pool_size)),
             db_pool_pre_ping=env.get("DB_POOL_PRE_PING", "1" if defaults.db_pool_pre_ping else "0") == "1",

@@ -7,7 +7,7 @@ import logging
 import dramatiq
 
 from orders_api import stock_exchange
-from orders_api.adapters.database import create_engine
+from orders_api.adapters.database import bound_database_waits, create_engine
 from orders_api.domain import Order
 from orders_api.service_layer.placement import (
     Exchange,
@@ -17,7 +17,6 @@ from orders_api.service_layer.placement import (
 )
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.broker import create_broker
-from workers.cooperative import make_database_driver_cooperative
 from workers.placement_actor import declare_place_order_actor, exchange_breaker
 from workers.settings import WorkerSettings
 
@@ -39,7 +38,8 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
 
     Nothing connects here: the engine and the broker open connections on first use.
     """
-    make_database_driver_cooperative()
+    # Bounds every database wait, and under gevent lets the other greenlets run meanwhile.
+    bound_database_waits(settings.shared.db_reply_timeout_s)
     # Every write of the placement use cases is one compare-and-set statement that stands alone,
     # so the workers' connections run in autocommit: no BEGIN and COMMIT round trips around them.
     engine = create_engine(

@@ -1,12 +1,66 @@
-"""PostgreSQL connections: the URL's driver and engine options under which no wait is unbounded."""
+"""PostgreSQL connections: the URL's driver and engine options under which no wait is unbounded.
+
+The server bounds what it runs (``statement_timeout``, ``idle_in_transaction_session_timeout``),
+but a server that is frozen (SIGSTOP, a stalled disk, a paused VM) or cut off by a partition
+enforces nothing, and its sockets stay open. The client bounds its own waits twice:
+
+- :func:`bound_database_waits` makes psycopg2 wait for every reply through a callback with a
+  deadline, so no statement, COMMIT or connection attempt waits longer than
+  ``DB_REPLY_TIMEOUT_S``: past it the connection is closed and the caller gets an error.
+  A stopped process on a live kernel is only noticed this way, since its kernel still
+  acknowledges data and keepalive probes.
+- TCP keepalives and ``tcp_user_timeout`` (libpq parameters) make the kernel drop a connection
+  whose peer has gone silent (a partition, a dead host), including an idle one in the pool.
+"""
 
 from __future__ import annotations
 
+import select
+import time
 from typing import Any
 
+import psycopg2
+import psycopg2.extensions
 import sqlalchemy as sa
 
 from orders_api.config import Settings
+
+#: Seconds a connection may be idle before the kernel probes its peer, seconds between probes,
+#: and unanswered probes before it drops the connection: a silent peer is noticed within 11 s.
+KEEPALIVES_IDLE_S = 5
+KEEPALIVES_INTERVAL_S = 2
+KEEPALIVES_COUNT = 3
+#: Milliseconds sent data may stay unacknowledged before the kernel drops the connection.
+TCP_USER_TIMEOUT_MS = 10_000
+
+
+def bound_database_waits(reply_timeout_s: float) -> None:
+    """Make every psycopg2 wait in this process end within ``reply_timeout_s``.
+
+    A process-wide wait callback (psycopg2's "green" mode): libpq runs non-blocking and the
+    callback waits on the socket with ``select``, which gevent's monkey-patching makes
+    cooperative, so the same callback also lets the workers' greenlets run while one waits.
+    When the deadline passes, the callback raises ``OperationalError``; psycopg2 then closes the
+    connection, which SQLAlchemy sees as a disconnect and drops from its pool.
+    """
+
+    def wait(connection: psycopg2.extensions.connection) -> None:
+        deadline = time.monotonic() + reply_timeout_s
+        while True:
+            state = connection.poll()
+            if state == psycopg2.extensions.POLL_OK:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise psycopg2.OperationalError(f"PostgreSQL did not answer within {reply_timeout_s:g} s")
+            if state == psycopg2.extensions.POLL_READ:
+                select.select([connection.fileno()], [], [], remaining)
+            elif state == psycopg2.extensions.POLL_WRITE:
+                select.select([], [connection.fileno()], [], remaining)
+            else:
+                raise psycopg2.OperationalError(f"unexpected poll state {state!r}")
+
+    psycopg2.extensions.set_wait_callback(wait)
 
 
 def sqlalchemy_url(database_url: str) -> sa.URL:
@@ -41,6 +95,11 @@ def engine_options(
         "pool_pre_ping": settings.db_pool_pre_ping,
         "connect_args": {
             "connect_timeout": max(1, round(settings.connect_timeout_s)),
+            "keepalives": 1,
+            "keepalives_idle": KEEPALIVES_IDLE_S,
+            "keepalives_interval": KEEPALIVES_INTERVAL_S,
+            "keepalives_count": KEEPALIVES_COUNT,
+            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
             "options": server_options,
             "application_name": application_name,
         },

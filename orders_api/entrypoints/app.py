@@ -11,7 +11,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
-from orders_api.adapters.database import engine_options, sqlalchemy_url
+from orders_api.adapters.database import bound_database_waits, engine_options, sqlalchemy_url
 from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
 from orders_api.adapters.tables import metadata
 from orders_api.config import Settings
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     the process that serves requests (after gunicorn has forked its workers).
     """
     settings = settings or Settings.from_env()
+    bound_database_waits(settings.db_reply_timeout_s)
     # pika logs every failed reconnect at ERROR; the publisher reports outages once, itself.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     app = Flask(__name__)
