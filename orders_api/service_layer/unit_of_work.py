@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Final, Protocol, Self
 
 import sqlalchemy as sa
 
@@ -14,6 +16,21 @@ from orders_api.adapters.idempotency_keys import SqlAlchemyIdempotencyKeyReposit
 from orders_api.adapters.repository import SqlAlchemyOrderRepository
 from orders_api.domain import Order
 from orders_api.idempotency import IdempotencyKey
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a commit whose connection was lost waits, at most, to learn whether it happened.
+#: Long enough for PostgreSQL to restart or fail over; the caller answers only once it knows.
+COMMIT_OUTCOME_WAIT_S = 60.0
+#: Seconds between two looks at a lost commit's transaction.
+_COMMIT_OUTCOME_POLL_S = 0.5
+
+_CURRENT_TRANSACTION: Final = sa.text("SELECT pg_current_xact_id()::text")
+#: Ends the backend still running the lost transaction, if any, so that its outcome is final.
+_END_LOST_TRANSACTION: Final = sa.text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_xid = xid(CAST(:xid AS xid8))"
+)
+_TRANSACTION_STATUS: Final = sa.text("SELECT pg_xact_status(CAST(:xid AS xid8))")
 
 
 class OrderRepository(Protocol):
@@ -111,5 +128,54 @@ class SqlAlchemyUnitOfWork:
         self._connection.close()  # rolls back whatever was not committed
 
     def commit(self) -> None:
-        """Commit; raises if PostgreSQL did not confirm it, in which case the outcome may be unknown."""
-        self._connection.commit()
+        """Commit, and if the connection is lost on the way, learn whether the commit happened.
+
+        A COMMIT cut off (the server restarted, froze, or the network failed) may or may not
+        have taken effect; answering a client ``500`` for an order that was in fact committed
+        would break the promise that a ``500`` means "not placed". So the transaction's id is
+        read before committing, and after a lost connection its fate is looked up on a fresh
+        one (:func:`transaction_committed`): a commit that happened returns normally.
+
+        :raises sqlalchemy.exc.DBAPIError: the commit did not happen, or its outcome could not
+            be learnt within :data:`COMMIT_OUTCOME_WAIT_S`.
+        """
+        if self._connection.connection.dbapi_connection.autocommit:  # type: ignore[union-attr]
+            self._connection.commit()  # every statement committed on its own: nothing pending
+            return
+        xid = self._connection.execute(_CURRENT_TRANSACTION).scalar_one()
+        try:
+            self._connection.commit()
+        except sa.exc.DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            logger.warning("connection lost during COMMIT of transaction %s; looking up its outcome", xid)
+            if not transaction_committed(self._engine, xid, wait_s=COMMIT_OUTCOME_WAIT_S):
+                raise
+            logger.warning("transaction %s was committed after all", xid)
+
+
+def transaction_committed(engine: sa.Engine, xid: str, *, wait_s: float) -> bool:
+    """Whether transaction ``xid``, whose connection was lost during its COMMIT, committed.
+
+    Its backend may still be running (a partition, or a frozen server that resumed): it is
+    terminated, which makes the outcome final, then ``pg_xact_status`` tells it. Retried on
+    fresh connections while the server is away, for up to ``wait_s``.
+
+    :raises sqlalchemy.exc.DBAPIError: the server could not be reached in time.
+    :raises RuntimeError: the transaction still ran after ``wait_s`` (its backend would not end).
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with engine.connect() as probe:
+                probe.execute(_END_LOST_TRANSACTION, {"xid": xid})
+                status = probe.execute(_TRANSACTION_STATUS, {"xid": xid}).scalar_one()
+        except sa.exc.DBAPIError:
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            if status in ("committed", "aborted"):
+                return bool(status == "committed")
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"transaction {xid} is still {status!r} after {wait_s:g} s")
+        time.sleep(_COMMIT_OUTCOME_POLL_S)
