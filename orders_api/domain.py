@@ -1,9 +1,11 @@
 """The order and the rules of its life cycle, free of any framework.
 
-An order is created ``pending``. A worker claims it for a bounded lease before calling the
-exchange, so that a second delivery of the same message cannot call the exchange while the
-first is still in flight; the claim ends with ``placed``, with a release for a retry, or with
-``failed`` when retrying cannot help.
+An order is created ``pending``. A worker claims it for a lease before calling the exchange, so
+that a second delivery of the same message cannot call the exchange while the first is still in
+flight; the claim ends with ``placed``, with a release for a retry, or with ``failed`` when
+retrying cannot help. The holder renews the lease for as long as it lives, so a claim expires
+only once its holder has stopped renewing it: it died, or it lost the database, in which case
+the claimer must have seen the database for a whole lease to tell the two apart.
 """
 
 from __future__ import annotations
@@ -81,14 +83,19 @@ class Order:
     #: Claims in a row whose lease ran out with no outcome recorded: their worker died mid-placement.
     abandoned_claims: int = 0
 
-    def claim(self, now: datetime, lease: timedelta) -> Order:
-        """Return the order claimed for one call to the exchange, lasting at most ``lease``.
+    def claim(self, now: datetime, lease: timedelta, *, takeover_delay: timedelta = timedelta(0)) -> Order:
+        """Return the order claimed for one call to the exchange, for ``lease`` unless renewed.
 
-        A claim still in place but expired was abandoned by a worker that died mid-placement;
-        taking it over counts towards :data:`MAX_ABANDONED_CLAIMS`.
+        A claim still in place but expired was abandoned: its holder stopped renewing it, having
+        died mid-placement. Taking it over counts towards :data:`MAX_ABANDONED_CLAIMS`. An
+        expired claim can also mean the database was away, from the holder as from everyone,
+        and the holder is about to renew it or record its outcome: ``takeover_delay`` is how long
+        the claimer must still see the database before it can tell (zero once it has seen it
+        for a whole lease), and no claim is taken over before then.
 
         :raises OrderSettledError: the order is no longer pending.
-        :raises ClaimHeldError: another delivery's claim has not yet expired.
+        :raises ClaimHeldError: another delivery's claim has not expired, or may not be taken
+            over yet.
         :raises PoisonOrderError: too many claims in a row were abandoned.
         """
         if self.status is not OrderStatus.PENDING:
@@ -97,6 +104,8 @@ class Order:
         if self.claimed_until is not None:
             if self.claimed_until > now:
                 raise ClaimHeldError(self.id, self.claimed_until - now)
+            if takeover_delay > timedelta(0):
+                raise ClaimHeldError(self.id, takeover_delay)
             abandoned += 1
         if abandoned >= MAX_ABANDONED_CLAIMS:
             raise PoisonOrderError(f"placing order {self.id} was cut short {abandoned} times in a row")
@@ -121,13 +130,14 @@ class Order:
             abandoned_claims=0,
         )
 
-    def released(self, claim: datetime | None, error: str) -> Order:
-        """Return the order with the claim that ended at ``claim`` released after a failed call.
+    def released(self, attempt: int, error: str) -> Order:
+        """Return the order with the claim of attempt number ``attempt`` released after a failed call.
 
-        A claim that has since been taken over (its lease ran out) is not ours to release: the
+        Each claim is a new attempt, so the attempt number names the claim (its lease changes
+        with every renewal). A claim that has since been taken over is not ours to release: the
         order is returned unchanged, so a late failure cannot undo another delivery's work.
         """
-        if self.status is not OrderStatus.PENDING or self.claimed_until != claim:
+        if self.status is not OrderStatus.PENDING or self.claimed_until is None or self.attempts != attempt:
             return self
         return replace(self, claimed_until=None, last_error=error, abandoned_claims=0)
 

@@ -9,6 +9,7 @@ import dramatiq
 from orders_api import stock_exchange
 from orders_api.adapters.database import bound_database_waits, create_engine
 from orders_api.domain import Order
+from orders_api.service_layer.claims import ClaimKeeper
 from orders_api.service_layer.placement import (
     Exchange,
     UnloadableOrderError,
@@ -17,8 +18,10 @@ from orders_api.service_layer.placement import (
 )
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.broker import create_broker
+from workers.claim_renewal import ClaimRenewal
 from workers.placement_actor import declare_place_order_actor, exchange_breaker
 from workers.settings import WorkerSettings
+from workers.time_limit import LiftableTimeLimit
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,8 @@ def logged_exchange(order: Order) -> None:
 def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) -> dramatiq.Broker:
     """Build the broker with the ``place_order`` actor declared on it, and make it the global broker.
 
-    Nothing connects here: the engine and the broker open connections on first use.
+    Nothing connects here: the engines and the broker open connections on first use, and the
+    claim renewals start when the worker boots.
     """
     # Bounds every database wait, and under gevent lets the other greenlets run meanwhile.
     bound_database_waits(settings.shared.db_reply_timeout_s)
@@ -44,6 +48,11 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
     # so the workers' connections run in autocommit: no BEGIN and COMMIT round trips around them.
     engine = create_engine(
         settings.shared, pool_size=settings.db_pool_size, application_name=APPLICATION_NAME, autocommit=True
+    )
+    # Claims are renewed on a connection of their own: placements exhausting the pool must not
+    # delay a renewal, or their claims would expire under them.
+    renewal_engine = create_engine(
+        settings.shared, pool_size=1, application_name=f"{APPLICATION_NAME}-claims", autocommit=True
     )
 
     def unit_of_work() -> SqlAlchemyUnitOfWork:
@@ -57,7 +66,19 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
         if order_id is None or not mark_failed(order_id, unit_of_work(), error):
             logger.warning("dead-lettered message %s names no pending order", message.message_id)
 
-    broker = create_broker(settings, on_give_up=fail_order)
+    claims = ClaimKeeper(lambda: SqlAlchemyUnitOfWork(renewal_engine), settings.claim_lease)
+    time_limit = LiftableTimeLimit()
+    broker = create_broker(
+        settings, on_give_up=fail_order, time_limit=time_limit, claim_renewal=ClaimRenewal(claims)
+    )
     dramatiq.set_broker(broker)
-    declare_place_order_actor(broker, settings, unit_of_work, exchange, exchange_breaker(settings))
+    declare_place_order_actor(
+        broker,
+        settings,
+        unit_of_work,
+        exchange,
+        breaker=exchange_breaker(settings),
+        claims=claims,
+        time_limit=time_limit,
+    )
     return broker

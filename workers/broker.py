@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import dramatiq
 import pika.frame
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import dq_name, xq_name
-from dramatiq.middleware import CurrentMessage, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import CurrentMessage, ShutdownNotifications
 
 from orders_api.adapters.placement_queue import queue_declarations
 from workers.liveness import WorkerLiveness
 from workers.retries import DeadLetteringRetries, GiveUpHandler
 from workers.settings import WorkerSettings
+from workers.time_limit import LiftableTimeLimit
 
 #: Seconds between heartbeats; a dead connection is noticed within about two of them.
 HEARTBEAT_S = 20
@@ -57,16 +59,23 @@ class PlacementBroker(RabbitmqBroker):
         return self._declaration(xq_name(queue_name), queue_name)
 
 
-def create_broker(settings: WorkerSettings, on_give_up: GiveUpHandler) -> RabbitmqBroker:
+def create_broker(
+    settings: WorkerSettings,
+    on_give_up: GiveUpHandler,
+    *,
+    time_limit: LiftableTimeLimit,
+    claim_renewal: dramatiq.Middleware,
+) -> RabbitmqBroker:
     """A broker whose retries dead-letter instead of losing messages and report what they give up."""
     return PlacementBroker(
         url=bounded_url(settings.shared.rabbitmq_url, settings.shared.connect_timeout_s),
         confirm_delivery=True,
         middleware=[
-            TimeLimit(),
+            time_limit,
             ShutdownNotifications(),
             CurrentMessage(),
             DeadLetteringRetries(on_give_up=on_give_up),
             WorkerLiveness(),
+            claim_renewal,
         ],
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from datetime import timedelta
+from contextlib import suppress
 
 import dramatiq
+import sqlalchemy as sa
 
 from orders_api.adapters.placement_queue import PLACE_ORDER_ACTOR
 from orders_api.domain import ClaimHeldError, Order, PoisonOrderError
-from orders_api.service_layer.ordering import utc_now
+from orders_api.service_layer.claims import ClaimKeeper
 from orders_api.service_layer.placement import (
     Exchange,
     OrderAlreadyFailedError,
@@ -24,6 +25,7 @@ from orders_api.service_layer.unit_of_work import UnitOfWork
 from orders_api.stock_exchange import OrderPlacementError
 from workers.circuit_breaker import AdmittedCall, CircuitBreaker, DependencyUnavailableError
 from workers.settings import WorkerSettings
+from workers.time_limit import LiftableTimeLimit
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +34,19 @@ NOT_RETRYABLE = (ValueError, UnloadableOrderError, PoisonOrderError, OrderAlread
 #: Errors by which the exchange says it cannot take orders right now. They are expected: the
 #: circuit breaker counts them, and the message is retried with one warning line, not a traceback.
 EXCHANGE_UNAVAILABLE = (OrderPlacementError, ConnectionError, TimeoutError)
+#: Errors by which the database says it cannot be reached right now (refused, frozen, pool
+#: exhausted). Retrying fixes them, so they never use up a message's retries.
+DATABASE_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+#: Milliseconds, from and to, before a message that could not reach the database is tried again:
+#: short, so that orders move within seconds of the database's return, and spread, so that a
+#: backlog does not come back all at once.
+DATABASE_RETRY_DELAY_MS = (1000, 5000)
 #: Seconds from the breaker opening to its first probe of the exchange (unless the longest pause is shorter).
 FIRST_PROBE_PAUSE_S = 1.0
+
+
+class WaitingForDatabaseError(dramatiq.Retry):
+    """The message could not reach the database; retry it soon, without counting it as a retry."""
 
 
 def exchange_breaker(settings: WorkerSettings) -> CircuitBreaker:
@@ -53,38 +66,44 @@ def declare_place_order_actor(
     settings: WorkerSettings,
     unit_of_work: Callable[[], UnitOfWork],
     exchange: Exchange,
+    *,
     breaker: CircuitBreaker,
+    claims: ClaimKeeper,
+    time_limit: LiftableTimeLimit,
 ) -> dramatiq.Actor[[str], None]:
     """Declare the actor on ``broker`` with its retry policy and its dependencies bound."""
 
     def place_order(order_id: str) -> None:
         """Place the order named by the message; it carries an id, never the order itself."""
-        ends_by = utc_now() + timedelta(milliseconds=settings.time_limit_ms)
         parsed_id = parse_order_id(order_id)
         try:
             with breaker.admitted(settings.exchange_wait.total_seconds()) as call:
                 place_on_exchange(
-                    parsed_id,
-                    unit_of_work(),
-                    _watched(exchange, call),
-                    lease=settings.claim_lease,
-                    ends_by=ends_by,
+                    parsed_id, unit_of_work(), _watched(exchange, call, time_limit), claims=claims
                 )
         except ClaimHeldError as held:
             delay_ms = int(held.retry_after.total_seconds() * 1000) + random.randint(100, 1000)
             raise dramatiq.Retry(str(held), delay=delay_ms) from held
         except DependencyUnavailableError as down:
-            note_still_waiting(parsed_id, unit_of_work())
+            with suppress(*DATABASE_UNAVAILABLE):
+                note_still_waiting(parsed_id, unit_of_work())
             raise dramatiq.Retry(str(down)) from down
         except EXCHANGE_UNAVAILABLE as refused:
             logger.warning("order %s not placed, to be retried: %s", order_id, _describe(refused))
             raise dramatiq.Retry(str(refused)) from refused
+        except DATABASE_UNAVAILABLE as away:
+            logger.warning("order %s waits for the database: %s", order_id, _describe(away))
+            raise WaitingForDatabaseError(str(away), delay=random.randint(*DATABASE_RETRY_DELAY_MS)) from away
+
+    def retry_when(retries: int, error: BaseException) -> bool:
+        return isinstance(error, WaitingForDatabaseError) or retries < settings.max_retries
 
     declare = dramatiq.actor(
         actor_name=PLACE_ORDER_ACTOR,
         queue_name=settings.shared.placement_queue,
         broker=broker,
         max_retries=settings.max_retries,
+        retry_when=retry_when,
         min_backoff=settings.min_backoff_ms,
         max_backoff=settings.max_backoff_ms,
         time_limit=settings.time_limit_ms,
@@ -94,8 +113,12 @@ def declare_place_order_actor(
     return actor
 
 
-def _watched(exchange: Exchange, call: AdmittedCall) -> Exchange:
-    """``exchange``, telling the breaker whether each call found it available."""
+def _watched(exchange: Exchange, call: AdmittedCall, time_limit: LiftableTimeLimit) -> Exchange:
+    """``exchange``, telling the breaker whether each call found it available.
+
+    The message's time limit is lifted as soon as the call ends: from then on the answer has
+    to be recorded, and nothing may interrupt that.
+    """
 
     def place(order: Order) -> None:
         try:
@@ -103,6 +126,8 @@ def _watched(exchange: Exchange, call: AdmittedCall) -> Exchange:
         except EXCHANGE_UNAVAILABLE:
             call.failed()
             raise
+        finally:
+            time_limit.lift()
         call.succeeded()
 
     return place

@@ -36,8 +36,14 @@ class WorkerSettings:
     min_backoff_ms: int = 1000
     #: Longest pause between two retries, in milliseconds.
     max_backoff_ms: int = 300_000
-    #: Milliseconds one message may run before it is interrupted and retried.
+    #: Milliseconds one message may run before it is interrupted and retried, unless the
+    #: exchange has answered: then its answer is recorded however long that takes.
     time_limit_ms: int = 30_000
+    #: Milliseconds a claim on an order lasts unless its holder renews it (every fifth of it,
+    #: for as long as the holder lives): how long an order whose worker died waits before
+    #: another delivery takes it over, and how long a worker must have reached the database
+    #: before it takes over any claim (:mod:`orders_api.service_layer.claims`).
+    claim_lease_ms: int = 15_000
     #: Refusals since the exchange last answered, and seconds since that answer, after which the
     #: circuit breaker holds placements back (:class:`workers.circuit_breaker.CircuitBreaker`);
     #: the quiet time is well above the 0.5 s the exchange takes to answer.
@@ -49,8 +55,8 @@ class WorkerSettings:
 
     @property
     def claim_lease(self) -> timedelta:
-        """How long a claim on an order lasts: longer than any message may run, with a margin."""
-        return timedelta(milliseconds=2 * self.time_limit_ms)
+        """How long a claim on an order lasts unless renewed."""
+        return timedelta(milliseconds=self.claim_lease_ms)
 
     @property
     def exchange_wait(self) -> timedelta:
@@ -73,6 +79,7 @@ class WorkerSettings:
             min_backoff_ms=int(env.get("PLACEMENT_MIN_BACKOFF_MS", defaults.min_backoff_ms)),
             max_backoff_ms=int(env.get("PLACEMENT_MAX_BACKOFF_MS", defaults.max_backoff_ms)),
             time_limit_ms=int(env.get("PLACEMENT_TIME_LIMIT_MS", defaults.time_limit_ms)),
+            claim_lease_ms=int(env.get("CLAIM_LEASE_MS", defaults.claim_lease_ms)),
             breaker_failures=int(env.get("EXCHANGE_BREAKER_FAILURES", defaults.breaker_failures)),
             breaker_quiet_ms=int(env.get("EXCHANGE_BREAKER_QUIET_MS", defaults.breaker_quiet_ms)),
             breaker_longest_pause_ms=int(

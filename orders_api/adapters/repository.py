@@ -9,8 +9,8 @@ key, where building a statement per call cost more CPU than PostgreSQL spent run
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -73,6 +73,33 @@ _COMPARE_AND_SET: Final = _UPDATE.where(
     *(
         column.is_not_distinct_from(sa.bindparam(f"seen_{column.name}", type_=column.type))
         for column in _CHANGEABLE
+    )
+)
+
+_HELD: Final = (
+    sa.func.unnest(
+        sa.bindparam("held_ids", type_=postgresql.ARRAY(postgresql.UUID(as_uuid=True))),
+        sa.bindparam("held_attempts", type_=postgresql.ARRAY(sa.Integer)),
+    )
+    .table_valued("id", "attempts")
+    .render_derived()
+)
+#: Extends the claims a worker process holds (order id and attempt), in one statement. Only a
+#: claim still open (pending, claimed, same attempt) is extended: one settled or taken over since
+#: is left alone. ``updated_at`` moves too, so the stale-order sweep leaves claimed orders alone.
+_RENEW_CLAIMS: Final = (
+    sa.update(orders)
+    .where(
+        orders.c.id == _HELD.c.id,
+        orders.c.attempts == _HELD.c.attempts,
+        orders.c.status == OrderStatus.PENDING.value,
+        orders.c.claimed_until.is_not(None),
+    )
+    .values(
+        {
+            orders.c.claimed_until: sa.bindparam("until", type_=orders.c.claimed_until.type),
+            orders.c.updated_at: sa.func.now(),
+        }
     )
 )
 
@@ -147,6 +174,18 @@ class SqlAlchemyOrderRepository:
     def update(self, order: Order) -> None:
         """Write back what may change over an order's life: status, claim, attempts and errors."""
         self._connection.execute(_UPDATE, {"order_id": order.id, **_changeable(order, "new_")})
+
+    def renew_claims(self, held: Mapping[uuid.UUID, int], until: datetime) -> int:
+        """Extend to ``until`` the open claims among ``held`` (order id → attempt); return how many.
+
+        Also a round trip when ``held`` is empty, which is how its caller learns that the
+        database answers.
+        """
+        result = self._connection.execute(
+            _RENEW_CLAIMS,
+            {"held_ids": list(held), "held_attempts": list(held.values()), "until": until},
+        )
+        return int(result.rowcount)
 
     def compare_and_set(self, seen: Order, changed: Order) -> bool:
         """Write ``changed`` only if the stored order still is ``seen``; return whether it was written.

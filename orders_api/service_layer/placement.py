@@ -1,9 +1,14 @@
 """Use cases of the workers: place a committed order on the exchange exactly once, or fail it.
 
 The exchange call happens outside any transaction: the order is claimed by one conditional
-``UPDATE``, the exchange is called, and the outcome is recorded by another. A claim is a lease,
-so that a redelivered message finds the order claimed and waits, while a claim left behind by a
-crashed worker expires and the order is placed after all.
+``UPDATE``, the exchange is called, and the outcome is recorded by another. A claim is a lease
+that its holder renews while it lives (:class:`~orders_api.service_layer.claims.ClaimKeeper`), so
+a redelivered message finds the order claimed and waits, while a claim left behind by a crashed
+worker expires and the order is placed after all.
+
+Once the exchange has answered, its answer is recorded whatever it takes: the recording is
+retried for as long as the process lives, with the claim renewed meanwhile, so that no outage of
+the database, however long, lets another delivery call the exchange again for the same order.
 
 Every change is a compare-and-set (:meth:`OrderRepository.compare_and_set`): the change is
 computed from the order as read and written only if the stored order is still that one, else
@@ -22,17 +27,17 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from orders_api.domain import Order, OrderSettledError, OrderStatus
+from orders_api.service_layer.claims import ClaimKeeper
 from orders_api.service_layer.ordering import utc_now
 from orders_api.service_layer.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
-#: Seconds before the first retry of recording a placement, doubled up to :data:`LAST_RECORD_RETRY_S`.
+#: Seconds before the first retry of recording an outcome, doubled up to :data:`LAST_RECORD_RETRY_S`.
 FIRST_RECORD_RETRY_S = 0.1
-#: Longest pause between two tries of recording a placement.
+#: Longest pause between two tries of recording an outcome: how late, at worst, it is recorded
+#: once the database is back.
 LAST_RECORD_RETRY_S = 2.0
-#: Time kept in hand before the actor's time limit when retrying to record a placement.
-RECORD_MARGIN = timedelta(seconds=1)
 
 #: The exchange as the workers see it: places an order or raises.
 Exchange = Callable[[Order], None]
@@ -75,34 +80,39 @@ def place_on_exchange(
     uow: UnitOfWork,
     exchange: Exchange,
     *,
-    lease: timedelta,
-    ends_by: datetime,
+    claims: ClaimKeeper,
     now: Callable[[], datetime] = utc_now,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PlacementOutcome:
     """Claim the order, call the exchange once, and record the outcome.
 
-    Once the exchange has taken the order, recording ``placed`` is retried until a margin
-    before ``ends_by``, when the caller's time runs out (the actor's time limit): if the
-    database is briefly away, giving up at once would leave the claim to expire and another
-    delivery to place the order a second time. ``lease`` must outlast ``ends_by``, so that the
-    claim is still ours for every try.
+    The claim is renewed by ``claims`` from the moment it is taken until the outcome is
+    recorded. Once the exchange has answered (or failed), recording the outcome is retried
+    until it succeeds: giving up would leave the claim to expire and another delivery to call
+    the exchange a second time. The caller must not interrupt that (the actor lifts its time
+    limit once the exchange has answered).
 
-    :raises ClaimHeldError: another delivery is placing the order right now.
+    :raises ClaimHeldError: another delivery is placing the order right now, or may be.
     :raises OrderAlreadyFailedError: the order already failed; its message is to be dead-lettered.
     :raises Exception: whatever the exchange raised, after the error is recorded and the claim released.
     """
-    claimed = _claim(order_id, uow, lease=lease, now=now)
+    claimed = _claim(order_id, uow, lease=claims.lease, takeover_delay=claims.takeover_delay(), now=now)
     if isinstance(claimed, PlacementOutcome):
         return claimed
+    claims.hold(claimed)
     try:
-        exchange(claimed)
-    except BaseException as error:  # a time limit interrupts with a BaseException; release for it too
-        reason = _describe(error)
-        _record(order_id, uow, lambda order: order.released(claimed.claimed_until, reason), seen=claimed)
-        raise
-    placed_at = now()
-    _record_placement(claimed, uow, placed_at, deadline=ends_by - RECORD_MARGIN, now=now, sleep=sleep)
+        try:
+            exchange(claimed)
+        except BaseException as error:  # a time limit interrupts with a BaseException; release for it too
+            reason = _describe(error)
+            _record_until_done(
+                claimed, uow, lambda order: order.released(claimed.attempts, reason), sleep=sleep
+            )
+            raise
+        placed_at = now()
+        _record_until_done(claimed, uow, lambda order: order.placed(placed_at), sleep=sleep)
+    finally:
+        claims.let_go(order_id)
     logger.info("order %s placed on attempt %d", order_id, claimed.attempts)
     return PlacementOutcome.PLACED
 
@@ -133,7 +143,12 @@ def note_still_waiting(order_id: uuid.UUID, uow: UnitOfWork) -> None:
 
 
 def _claim(
-    order_id: uuid.UUID, uow: UnitOfWork, *, lease: timedelta, now: Callable[[], datetime]
+    order_id: uuid.UUID,
+    uow: UnitOfWork,
+    *,
+    lease: timedelta,
+    takeover_delay: timedelta,
+    now: Callable[[], datetime],
 ) -> Order | PlacementOutcome:
     with uow:
         order = uow.orders.get(order_id)
@@ -144,7 +159,7 @@ def _claim(
             order = uow.orders.get(order_id)
         while order is not None:
             try:
-                claimed = order.claim(now(), lease)
+                claimed = order.claim(now(), lease, takeover_delay=takeover_delay)
             except OrderSettledError as settled:
                 if order.status is OrderStatus.PLACED:
                     logger.info("ignoring repeated message: %s", settled)
@@ -165,26 +180,23 @@ def _claim(
     return PlacementOutcome.ORPHAN_DROPPED
 
 
-def _record_placement(
-    claimed: Order,
-    uow: UnitOfWork,
-    placed_at: datetime,
-    *,
-    deadline: datetime,
-    now: Callable[[], datetime],
-    sleep: Callable[[float], None],
+def _record_until_done(
+    claimed: Order, uow: UnitOfWork, change: Callable[[Order], Order], *, sleep: Callable[[float], None]
 ) -> None:
-    """Record ``placed``, retrying with backoff until ``deadline``; then the error propagates."""
+    """Apply ``change`` to the claimed order, retrying with backoff for as long as it takes.
+
+    The exchange has answered, and nobody else may ask it again while this claim is held, so
+    the answer must reach the database: every failure is logged and retried, every
+    :data:`LAST_RECORD_RETRY_S` at most once the database is back.
+    """
     delay_s = FIRST_RECORD_RETRY_S
     while True:
         try:
-            _record(claimed.id, uow, lambda order: order.placed(placed_at), seen=claimed)
+            _record(claimed.id, uow, change, seen=claimed)
             return
         except Exception as error:
-            if now() + timedelta(seconds=delay_s) >= deadline:
-                raise
             logger.warning(
-                "order %s was placed but cannot be recorded yet (%s); retrying in %.1f s",
+                "the exchange's answer for order %s cannot be recorded yet (%s); retrying in %.1f s",
                 claimed.id,
                 _describe(error),
                 delay_s,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Final, Protocol, Self
@@ -53,6 +53,9 @@ class OrderRepository(Protocol):
 
     def compare_and_set(self, seen: Order, changed: Order) -> bool:
         """Persist ``changed`` only if the stored order still equals ``seen``; return whether it did."""
+
+    def renew_claims(self, held: Mapping[uuid.UUID, int], until: datetime) -> int:
+        """Extend to ``until`` the open claims among ``held`` (order id → attempt); return how many."""
 
     def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
         """Lock up to ``limit`` pending orders untouched for ``untouched_for``, with no live claim.

@@ -74,10 +74,8 @@ PATIENT_API = ProcessOptions(
 )
 #: Few placement threads (2 x 4), so that most orders still wait in the queue at SIGTERM.
 FEW_PLACEMENT_THREADS = ProcessOptions(worker_processes=2, worker_threads=4)
-#: The same with a 2 s time limit, hence a 4 s claim lease, so that expired claims come quickly.
-SHORT_LEASE = ProcessOptions(
-    worker_processes=2, worker_threads=4, extra_env={"PLACEMENT_TIME_LIMIT_MS": "2000"}
-)
+#: The same with a 4 s claim lease, so that the claims of killed placements expire quickly.
+SHORT_LEASE = ProcessOptions(worker_processes=2, worker_threads=4, extra_env={"CLAIM_LEASE_MS": "4000"})
 
 _T = TypeVar("_T")
 

@@ -46,9 +46,9 @@ PROCESSES = ProcessOptions(web_workers=2, web_threads=16, worker_processes=2, wo
 #: Short retry backoffs (200 ms doubling to 2 s instead of 1 s to 5 min), so that orders
 #: retried during a fault settle within seconds of its end.
 FAST_RETRIES = {"PLACEMENT_MIN_BACKOFF_MS": "200", "PLACEMENT_MAX_BACKOFF_MS": "2000"}
-#: A 2 s placement time limit, hence a 4 s claim lease, for the scenario that leaves claims
+#: A 2 s placement time limit and a 4 s claim lease, for the scenario that leaves claims
 #: behind (killed workers).
-SHORT_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "2000"}
+SHORT_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "2000", "CLAIM_LEASE_MS": "4000"}
 #: A 10 s placement time limit (20 s lease): a worker that lost the database after the exchange
 #: answered keeps retrying to record the placement for about 9 s, which outlasts the outage,
 #: while claims left by failures to release still expire within the settling time.

@@ -65,12 +65,19 @@ StartWorker = Callable[..., RabbitmqBroker]
 def start_worker(settings: Settings) -> Iterator[StartWorker]:
     """Start an in-process Dramatiq worker on this test's queue; stopped at the end of the test.
 
-    Retries back off from 20 ms so that retry paths finish in a moment.
+    Retries back off from 20 ms, and claims last 2 s, so that retry and takeover paths finish
+    in a moment (a worker takes over an expired claim only once it has reached the database for
+    a whole lease).
     """
     started: list[tuple[RabbitmqBroker, dramatiq.Worker]] = []
 
     def start(exchange: Exchange = logged_exchange, **overrides: int) -> RabbitmqBroker:
-        options: dict[str, int] = {"min_backoff_ms": 20, "max_backoff_ms": 200, **overrides}
+        options: dict[str, int] = {
+            "min_backoff_ms": 20,
+            "max_backoff_ms": 200,
+            "claim_lease_ms": 2000,
+            **overrides,
+        }
         broker = bootstrap(WorkerSettings(shared=settings, threads=4, **options), exchange)
         assert isinstance(broker, RabbitmqBroker)
         worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)

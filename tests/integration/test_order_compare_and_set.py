@@ -98,3 +98,29 @@ def test_any_difference_in_a_changeable_field_counts_as_changed(
         compare_and_set(unit_of_work, stale, replace(order, status=OrderStatus.PLACED, placed_at=T0)) is False
     )
     assert reread(unit_of_work, order) == order
+
+
+def test_renewing_claims_extends_only_the_open_claims_of_the_attempts_held(
+    unit_of_work: Callable[[], SqlAlchemyUnitOfWork],
+) -> None:
+    held = stored(unit_of_work, make_order().claim(T0, LEASE))
+    taken_over = stored(unit_of_work, make_order().claim(T0, LEASE).claim(T0 + 2 * LEASE, LEASE))
+    placed = stored(unit_of_work, make_order().claim(T0, LEASE).placed(T0))
+    released = stored(unit_of_work, make_order().claim(T0, LEASE).released(1, "refused"))
+    until = T0 + 3 * LEASE
+
+    with unit_of_work() as uow:
+        renewed = uow.orders.renew_claims({held.id: 1, taken_over.id: 1, placed.id: 1, released.id: 1}, until)
+        uow.commit()
+
+    assert renewed == 1
+    assert reread(unit_of_work, held) == replace(held, claimed_until=until)
+    for untouched in (taken_over, placed, released):
+        assert reread(unit_of_work, untouched) == untouched
+
+
+def test_renewing_no_claims_is_a_round_trip_that_changes_nothing(
+    unit_of_work: Callable[[], SqlAlchemyUnitOfWork],
+) -> None:
+    with unit_of_work() as uow:
+        assert uow.orders.renew_claims({}, T0) == 0

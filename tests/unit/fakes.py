@@ -11,7 +11,8 @@ request succeeded).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -139,6 +140,22 @@ class FakeOrderRepository:
             return False
         self._write(changed)
         return True
+
+    def renew_claims(self, held: Mapping[uuid.UUID, int], until: datetime) -> int:
+        """Extend the open claims among ``held`` to ``until``, as the SQL repository does."""
+        self.events.append("renew_claims")
+        renewed = 0
+        for order_id, attempt in held.items():
+            order = self.rows.get(order_id)
+            if (
+                order is not None
+                and order.status is OrderStatus.PENDING
+                and order.claimed_until is not None
+                and order.attempts == attempt
+            ):
+                self._write(replace(order, claimed_until=until))
+                renewed += 1
+        return renewed
 
     def update(self, order: Order) -> None:
         """Write back status, placement time, attempts, last error and claim, like the SQL repository."""

@@ -127,8 +127,36 @@ def test_a_claim_that_ends_with_an_outcome_clears_the_count_of_abandoned_ones() 
     claimed = make_order(claimed_until=T0 - timedelta(seconds=1), abandoned_claims=1).claim(T0, LEASE)
     assert claimed.abandoned_claims == 2
 
-    released = claimed.released(claimed.claimed_until, "OrderPlacementError: unavailable")
+    released = claimed.released(claimed.attempts, "OrderPlacementError: unavailable")
     placed = claimed.placed(T0)
 
     assert released.abandoned_claims == 0
     assert placed.abandoned_claims == 0
+
+
+def test_an_expired_claim_is_not_taken_over_before_the_claimer_has_seen_the_database_for_a_lease() -> None:
+    # After an outage every claim looks expired, its holder's included; the holder renews it
+    # (or records its outcome) as soon as it reaches the database again.
+    order = make_order(claimed_until=T0 - timedelta(seconds=1), attempts=1)
+
+    with pytest.raises(ClaimHeldError) as held:
+        order.claim(T0, LEASE, takeover_delay=timedelta(seconds=7))
+
+    assert held.value.retry_after == timedelta(seconds=7)
+
+
+def test_a_release_names_its_claim_by_attempt_so_a_renewed_claim_is_still_released() -> None:
+    claimed = make_order(attempts=1).claim(T0, LEASE)
+    renewed = replace(claimed, claimed_until=T0 + 2 * LEASE)
+
+    released = renewed.released(claimed.attempts, "OrderPlacementError: unavailable")
+
+    assert released.claimed_until is None
+    assert released.last_error == "OrderPlacementError: unavailable"
+
+
+def test_a_release_of_a_claim_taken_over_since_changes_nothing() -> None:
+    ours = make_order(attempts=1).claim(T0, LEASE)
+    taken_over = ours.claim(T0 + 2 * LEASE, LEASE)
+
+    assert taken_over.released(ours.attempts, "OrderPlacementError: unavailable") == taken_over

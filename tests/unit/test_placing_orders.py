@@ -14,6 +14,7 @@ from datetime import timedelta
 import pytest
 
 from orders_api.domain import ClaimHeldError, Order, OrderStatus
+from orders_api.service_layer.claims import RENEWALS_PER_LEASE, ClaimKeeper
 from orders_api.service_layer.placement import (
     OrderAlreadyFailedError,
     PlacementOutcome,
@@ -32,11 +33,25 @@ LEASE = timedelta(seconds=60)
 UNAVAILABLE = "Failed to place order at stock exchange. Connection not available"
 
 
+def seasoned_claims(clock: FakeClock) -> ClaimKeeper:
+    """Claims of a process that has reached the database without a gap for a whole lease, up to now.
+
+    Its renewals go to a store of their own, so they add nothing to what a test inspects.
+    """
+    claims = ClaimKeeper(FakeUnitOfWork, LEASE, now=clock)
+    now = clock.current
+    for step in range(RENEWALS_PER_LEASE + 1):
+        clock.current = now - LEASE + step * claims.renew_every
+        assert claims.renew()
+    clock.current = now
+    return claims
+
+
 def place(
     order_id: uuid.UUID, uow: FakeUnitOfWork, exchange: FakeExchange, clock: FakeClock
 ) -> PlacementOutcome:
     """Handle one delivery of the placement message for ``order_id``."""
-    return place_on_exchange(order_id, uow, exchange, lease=LEASE, ends_by=clock() + LEASE / 2, now=clock)
+    return place_on_exchange(order_id, uow, exchange, claims=seasoned_claims(clock), now=clock)
 
 
 def commit_elsewhere(uow: FakeUnitOfWork, order: Order) -> None:
@@ -494,14 +509,14 @@ class DatabaseAwayAfterTheCall:
                 self.uow.fail_commit_with = None
 
 
-def test_a_placement_is_recorded_once_the_database_is_back_within_the_claim() -> None:
+def test_a_placement_is_recorded_once_the_database_is_back() -> None:
     order = make_order()
     uow = FakeUnitOfWork(order)
     clock = FakeClock(T0)
     away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=3)
 
     outcome = place_on_exchange(
-        order.id, uow, away.exchange, lease=LEASE, ends_by=T0 + LEASE / 2, now=clock, sleep=away.sleep
+        order.id, uow, away.exchange, claims=seasoned_claims(clock), now=clock, sleep=away.sleep
     )
 
     assert outcome is PlacementOutcome.PLACED
@@ -509,40 +524,62 @@ def test_a_placement_is_recorded_once_the_database_is_back_within_the_claim() ->
     assert away.sleeps == [0.1, 0.2, 0.4]
 
 
-def test_recording_a_placement_gives_up_before_the_actor_time_limit_with_the_claim_still_held() -> None:
+def test_recording_a_placement_goes_on_however_long_the_database_is_away_with_the_claim_held() -> None:
+    # Giving up would leave the claim to expire, and another delivery would call the exchange
+    # again: the answer is recorded whenever the database comes back, and the claim is renewed
+    # meanwhile by the process that holds it.
     order = make_order()
     uow = FakeUnitOfWork(order)
     clock = FakeClock(T0)
-    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=None)
+    claims = seasoned_claims(clock)
+    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=100)
+    held_while_away: list[bool] = []
+    sleep = away.sleep
 
-    with pytest.raises(RuntimeError, match="database unavailable"):
-        place_on_exchange(
-            order.id, uow, away.exchange, lease=LEASE, ends_by=T0 + LEASE / 2, now=clock, sleep=away.sleep
-        )
+    def sleep_and_look(seconds: float) -> None:
+        held_while_away.append(order.id in claims.held)
+        sleep(seconds)
 
-    assert clock.current < T0 + LEASE / 2
-    assert clock.current > T0 + LEASE / 2 - timedelta(seconds=5)
+    outcome = place_on_exchange(order.id, uow, away.exchange, claims=claims, now=clock, sleep=sleep_and_look)
+
+    assert outcome is PlacementOutcome.PLACED
+    assert clock.current - T0 > 2 * LEASE
+    assert all(held_while_away)
+    assert uow.committed[order.id].placed_at == T0
+    assert order.id not in claims.held
+
+
+def test_a_refusal_is_recorded_however_long_the_database_is_away_and_the_claim_then_released() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=40)
+
+    def refuse(claimed: Order) -> None:
+        away.exchange(claimed)
+        raise outage()
+
+    with pytest.raises(OrderPlacementError):
+        place_on_exchange(order.id, uow, refuse, claims=seasoned_claims(clock), now=clock, sleep=away.sleep)
+
     stored = uow.committed[order.id]
     assert stored.status is OrderStatus.PENDING
-    assert stored.claimed_until == T0 + LEASE
+    assert stored.claimed_until is None
+    assert stored.last_error == f"OrderPlacementError: {UNAVAILABLE}"
 
 
-def test_recording_a_placement_gives_up_before_the_callers_time_runs_out_however_late_the_claim() -> None:
-    # A message that waited for the exchange claims its order late in its time limit; recording
-    # must still stop before that limit, or the actor is interrupted with the claim in place.
-    order = make_order()
+def test_an_expired_claim_is_left_alone_by_a_process_that_has_not_yet_seen_the_database_for_a_lease() -> None:
+    order = make_order(claimed_until=T0 - timedelta(seconds=1), attempts=1)
     uow = FakeUnitOfWork(order)
-    clock = FakeClock(T0)
-    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=None)
-    ends_by = T0 + timedelta(seconds=5)
+    exchange = FakeExchange()
+    just_back = ClaimKeeper(FakeUnitOfWork, LEASE, now=FakeClock(T0))
+    just_back.renew()
 
-    with pytest.raises(RuntimeError, match="database unavailable"):
-        place_on_exchange(
-            order.id, uow, away.exchange, lease=LEASE, ends_by=ends_by, now=clock, sleep=away.sleep
-        )
+    with pytest.raises(ClaimHeldError):
+        place_on_exchange(order.id, uow, exchange, claims=just_back, now=FakeClock(T0))
 
-    assert ends_by - timedelta(seconds=3) < clock.current < ends_by
-    assert uow.committed[order.id].claimed_until == T0 + LEASE
+    assert exchange.orders == []
+    assert uow.committed[order.id] == order
 
 
 def test_a_pending_order_whose_message_waits_for_the_exchange_is_touched_so_the_sweep_leaves_it() -> None:

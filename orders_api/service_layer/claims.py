@@ -1,0 +1,127 @@
+"""A worker process's claims, kept alive for as long as the process lives.
+
+A claim on an order is a lease. Were it fixed, a placement whose outcome could not be recorded
+before the lease ran out (the database away for longer than the lease) would be taken over by
+another delivery, which would call the exchange a second time. So the process that holds a claim
+renews it, every fifth of a lease, from the moment it is taken until the call's outcome is
+recorded, however long that takes: a claim expires only once its holder has stopped renewing it.
+
+An expired claim then means one of two things: its holder died (take it over), or the database
+was away for everyone, the holder included, which will renew it as soon as it is back. A
+:class:`ClaimKeeper` tells them apart from its own view of the database: it lets its process
+take over an expired claim only once its own renewals have reached the database, without a gap,
+for a whole lease, a time in which any living holder renews its claims too. What remains is a
+holder that is alive but cut off from the database on its own while others reach it; such a
+holder cannot be told from a dead one by anyone, and is written down in solution.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from orders_api.domain import Order
+from orders_api.service_layer.ordering import utc_now
+from orders_api.service_layer.unit_of_work import UnitOfWork
+
+logger = logging.getLogger(__name__)
+
+#: Renewals per lease: a holder has several chances to renew before its claim runs out.
+RENEWALS_PER_LEASE = 5
+
+
+class ClaimKeeper:
+    """Renews the claims its process holds, and says when an expired claim may be taken over.
+
+    Thread-safe (and cooperative under gevent); renewals run on a unit of work of their own,
+    so that a pool exhausted by placements cannot starve them.
+    """
+
+    def __init__(
+        self,
+        unit_of_work: Callable[[], UnitOfWork],
+        lease: timedelta,
+        *,
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if lease <= timedelta(0):
+            raise ValueError("the lease must be positive")
+        self._unit_of_work = unit_of_work
+        self.lease = lease
+        self._now = now
+        self._lock = threading.Lock()
+        #: Order id → the attempt (claim) this process holds on it.
+        self._held: dict[uuid.UUID, int] = {}
+        #: When the current unbroken run of successful renewals began, and the last of them.
+        self._reached_since: datetime | None = None
+        self._last_reached: datetime | None = None
+
+    @property
+    def renew_every(self) -> timedelta:
+        """The pause between two renewals."""
+        return self.lease / RENEWALS_PER_LEASE
+
+    @property
+    def held(self) -> dict[uuid.UUID, int]:
+        """The claims held right now: order id → attempt."""
+        with self._lock:
+            return dict(self._held)
+
+    def hold(self, claimed: Order) -> None:
+        """Keep renewing the claim just taken on ``claimed`` until :meth:`let_go`."""
+        with self._lock:
+            self._held[claimed.id] = claimed.attempts
+
+    def let_go(self, order_id: uuid.UUID) -> None:
+        """Stop renewing the claim on ``order_id``: its outcome is recorded."""
+        with self._lock:
+            self._held.pop(order_id, None)
+
+    def renew(self) -> bool:
+        """Extend every held claim by a lease from now; return whether the database answered.
+
+        A renewal also runs with no claim held: it is how the keeper knows the database is there.
+        """
+        held = self.held
+        until = self._now() + self.lease
+        try:
+            with self._unit_of_work() as uow:
+                uow.orders.renew_claims(held, until)
+                uow.commit()
+        except Exception as error:
+            with self._lock:
+                was_reached, self._last_reached = self._last_reached, None
+            if was_reached is not None:
+                logger.warning("cannot renew %d claims: %s: %s", len(held), type(error).__name__, error)
+            return False
+        reached = self._now()
+        with self._lock:
+            if self._last_reached is None or reached - self._last_reached > 2 * self.renew_every:
+                if self._last_reached is None and self._reached_since is not None:
+                    logger.warning("claims renewed again (%d held)", len(held))
+                self._reached_since = reached
+            self._last_reached = reached
+        return True
+
+    def takeover_delay(self) -> timedelta:
+        """How long this process must still reach the database before it may take over an expired claim.
+
+        Zero once its renewals have reached the database without a gap for a whole lease; a
+        whole lease while they do not (or the last one is overdue).
+        """
+        now = self._now()
+        with self._lock:
+            since, last = self._reached_since, self._last_reached
+        if since is None or last is None or now - last > 2 * self.renew_every:
+            return self.lease
+        return max(timedelta(0), self.lease - (now - since))
+
+    def keep_renewing(self, stop: threading.Event) -> None:
+        """Renew every :attr:`renew_every` until ``stop`` is set; run it on a thread of its own."""
+        while True:
+            self.renew()
+            if stop.wait(self.renew_every.total_seconds()):
+                return
