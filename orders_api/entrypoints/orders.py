@@ -11,6 +11,7 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import BadRequest, NotFound
 
 from orders_api.domain import Order, OrderType, Side
+from orders_api.entrypoints.request_body import read_body
 from orders_api.entrypoints.schemas import OrderRequestSchema
 from orders_api.entrypoints.services import OrderServices
 from orders_api.idempotency import IdempotentRequest, request_fingerprint, validated_key
@@ -87,14 +88,14 @@ def order_representation(order: Order) -> dict[str, Any]:
 def _json_body() -> dict[str, Any]:
     """The body as a JSON object.
 
-    A non-JSON content type gives 415 (from Flask), a body that is not UTF-8 (RFC 8259) or not
-    JSON 400, and valid JSON that is not an object 422 like any other invalid order. UTF-8 is
-    checked strictly first: Python's JSON decoder would also take UTF-16, UTF-32 and UTF-8-encoded
-    lone surrogates.
+    A non-JSON content type gives 415 (from Flask); a body cut short or badly framed, not UTF-8
+    (RFC 8259) or not JSON 400; and valid JSON that is not an object 422 like any other invalid
+    order. UTF-8 is checked strictly first: Python's JSON decoder would also take UTF-16, UTF-32
+    and UTF-8-encoded lone surrogates.
     """
     if request.is_json:
         try:
-            request.get_data(cache=True).decode("utf-8")
+            read_body().decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest("The body is not valid UTF-8.") from None
     try:
