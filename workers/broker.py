@@ -12,6 +12,7 @@ from dramatiq.middleware import CurrentMessage, ShutdownNotifications
 
 from orders_api.adapters.placement_queue import queue_declarations
 from workers.liveness import WorkerLiveness
+from workers.requeue import RequeuingConsumer
 from workers.retries import DeadLetteringRetries, GiveUpHandler
 from workers.settings import WorkerSettings
 from workers.time_limit import LiftableTimeLimit
@@ -42,8 +43,14 @@ class PlacementBroker(RabbitmqBroker):
 
     Dramatiq would declare classic queues with arguments of its own; RabbitMQ refuses (406) to
     re-declare a queue with different arguments, so both sides use
-    :func:`orders_api.adapters.placement_queue.queue_declarations`.
+    :func:`orders_api.adapters.placement_queue.queue_declarations`. Its consumers requeue the
+    messages whose retry could not be scheduled (:class:`workers.requeue.RequeuingConsumer`).
     """
+
+    @property
+    def consumer_class(self) -> type[RequeuingConsumer]:
+        """Dramatiq's consumer, which also requeues the messages flagged for it."""
+        return RequeuingConsumer
 
     def _declaration(self, name: str, canonical_name: str) -> pika.frame.Method:
         [declaration] = [d for d in queue_declarations(canonical_name) if d.name == name]
@@ -66,7 +73,7 @@ def create_broker(
     time_limit: LiftableTimeLimit,
     claim_renewal: dramatiq.Middleware,
 ) -> RabbitmqBroker:
-    """A broker whose retries dead-letter instead of losing messages and report what they give up."""
+    """A broker whose retries never lose a message and report every message they give up on."""
     return PlacementBroker(
         url=bounded_url(settings.shared.rabbitmq_url, settings.shared.connect_timeout_s),
         confirm_delivery=True,

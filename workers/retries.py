@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import logging
+import random
+import threading
 from collections.abc import Callable
 
 import dramatiq
 from dramatiq.middleware import Retries
 
+from workers.requeue import request_requeue, requeue_requested
+
 logger = logging.getLogger(__name__)
 
 #: Called with a message that is being dead-lettered and the error that ended it.
 GiveUpHandler = Callable[[dramatiq.MessageProxy, BaseException], None]
+
+#: Seconds a message whose retry could not be scheduled waits before it is requeued, after the
+#: first such failure in a row; the pause doubles with each further one.
+FIRST_REQUEUE_PAUSE_S = 0.25
+#: Longest such pause, in seconds (before jitter, which only shortens it).
+LONGEST_REQUEUE_PAUSE_S = 2.0
 
 
 class DeadLetteringRetries(Retries):
@@ -19,10 +29,22 @@ class DeadLetteringRetries(Retries):
 
     Stock ``Retries`` republishes a retry to the delay queue and the worker then acks the
     original; when that republish fails, the error is swallowed by the broker's middleware
-    dispatch and the message is lost. Here a failed republish fails the message instead: the
-    worker rejects it, and it lands in the dead-letter queue if the broker takes the rejection,
-    or comes back to the queue if the connection is gone. Either way its order stays pending, as
-    the failure is one a retry can fix (the stuck-order sweep republishes a dead-lettered one).
+    dispatch and the message is lost. Here a message whose retry cannot be scheduled (the broker
+    refuses it, is unreachable or frozen) is neither acked nor dead-lettered: it is handed back to
+    its queue (``basic_nack(requeue=True)``, through ``workers.requeue.RequeuingConsumer``, which
+    the broker must use) and retried when it comes back, or RabbitMQ returns it by itself if the
+    connection is gone. Its order stays pending and ``on_give_up`` is not told: a dead letter is
+    for an error a retry cannot fix, and this one can.
+
+    The requeue waits a moment first, from :data:`FIRST_REQUEUE_PAUSE_S` doubling to
+    :data:`LONGEST_REQUEUE_PAUSE_S` with each failure in a row in this process (a scheduled retry
+    resets it), with jitter, and at once when the worker is stopping. A requeued message is
+    prefetched again at once, and with publishes failing fast (nacks) it would loop every ~0.1 s;
+    on a quorum queue every requeue counts toward the placement queue's ``x-delivery-limit``
+    (``orders_api.adapters.placement_queue.DELIVERY_LIMIT``), so a fast loop would have RabbitMQ
+    dead-letter it within seconds, the outcome this avoids. That limit stays the backstop for a
+    message that keeps coming back (a poison message); its Dramatiq retry count is not spent,
+    since RabbitMQ hands back the message as it was delivered.
 
     When a message is given up for good, for a non-retryable error or exhausted retries,
     ``on_give_up`` is told, so the order can be marked failed beside its dead-lettered message,
@@ -32,6 +54,17 @@ class DeadLetteringRetries(Retries):
     def __init__(self, *, on_give_up: GiveUpHandler) -> None:
         super().__init__()
         self._on_give_up = on_give_up
+        self._lock = threading.Lock()
+        self._unscheduled_in_a_row = 0
+        self._stopping = threading.Event()
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Pause requeues again, as a stopping worker did not."""
+        self._stopping.clear()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Requeue without pausing: a stopping worker should hand its messages back at once."""
+        self._stopping.set()
 
     def after_process_message(
         self,
@@ -41,7 +74,7 @@ class DeadLetteringRetries(Retries):
         result: object = None,
         exception: BaseException | None = None,
     ) -> None:
-        """Schedule a retry, or dead-letter the message when no retry is possible."""
+        """Schedule a retry, dead-letter the message when it is given up, requeue it when neither works."""
         if exception is None:
             return
         try:
@@ -49,14 +82,41 @@ class DeadLetteringRetries(Retries):
                 broker, message, result=result, exception=exception
             )
         except Exception:
-            logger.exception("cannot schedule a retry of message %s; rejecting it", message.message_id)
+            logger.exception(
+                "cannot schedule a retry of message %s; returning it to the queue", message.message_id
+            )
+            with self._lock:
+                self._unscheduled_in_a_row += 1
+            request_requeue(message)
             message.fail()
             return
-        if message.failed:
-            try:
-                self._on_give_up(message, _reason(exception))
-            except Exception:
-                logger.exception("could not record that message %s was given up", message.message_id)
+        if not message.failed:
+            with self._lock:
+                self._unscheduled_in_a_row = 0
+            return
+        try:
+            self._on_give_up(message, _reason(exception))
+        except Exception:
+            logger.exception("could not record that message %s was given up", message.message_id)
+
+    def before_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
+        """Pause before a requeue, in the message's own worker thread, so that it cannot loop fast.
+
+        This runs after every ``after_process_message``, once the time limit no longer applies.
+        """
+        if requeue_requested(message):
+            self._stopping.wait(self._requeue_pause_s())
+
+    def _requeue_pause_s(self) -> float:
+        with self._lock:
+            failures = self._unscheduled_in_a_row
+        return requeue_pause_s(failures) * random.uniform(0.5, 1.0)
+
+
+def requeue_pause_s(unscheduled_in_a_row: int) -> float:
+    """The longest pause before a requeue, after that many retries in a row could not be scheduled."""
+    doublings = min(max(0, unscheduled_in_a_row - 1), 16)  # bounded, so that the power cannot overflow
+    return min(LONGEST_REQUEUE_PAUSE_S, FIRST_REQUEUE_PAUSE_S * 2.0**doublings)
 
 
 def _reason(exception: BaseException) -> BaseException:
