@@ -13,6 +13,8 @@ import psycopg2.extensions
 import pytest
 from flask.testing import FlaskClient
 
+from orders_api.adapters.confirmed_publisher import PublishError
+from orders_api.adapters.placement_queue import PlacementPublisher
 from orders_api.config import Settings
 from orders_api.entrypoints.errors import INTERNAL_ERROR_BODY
 from tests.integration.checks import order_row
@@ -176,6 +178,38 @@ def test_broker_nack_is_a_500_and_rolls_back_the_order(
     rabbit.reject_publishes_to(settings.placement_queue)
 
     response = client.post("/orders", json=order)
+
+    assert response.status_code == 500
+    assert response.get_json() == INTERNAL_ERROR_BODY
+    assert count_orders(database, order) == 0
+
+
+def test_a_placement_message_no_queue_would_take_is_a_publish_error_not_a_send(
+    placements: PlacementPublisher, rabbit: RabbitAdmin, settings: Settings
+) -> None:
+    placements.request_placement(uuid.uuid4())  # connects and declares the queues
+    # The publisher declares its queues only when it connects, so the deleted queue stays
+    # deleted: RabbitMQ returns the mandatory message (basic.return), then acks it.
+    rabbit.delete_queue(settings.placement_queue)
+
+    with pytest.raises(PublishError, match="could not route"):
+        placements.request_placement(uuid.uuid4())
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["group-commit", "idempotency-key"])
+def test_a_placement_message_no_queue_would_take_is_a_500_and_stores_nothing(
+    keyed: bool,
+    client: FlaskClient,
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    settings: Settings,
+    order: dict[str, object],
+) -> None:
+    assert client.post("/orders", json=LIMIT_ORDER).status_code == 201  # declares the queues
+    rabbit.delete_queue(settings.placement_queue)
+    headers = {"Idempotency-Key": str(uuid.uuid4())} if keyed else {}
+
+    response = client.post("/orders", json=order, headers=headers)
 
     assert response.status_code == 500
     assert response.get_json() == INTERNAL_ERROR_BODY
