@@ -7,15 +7,23 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 
 import psycopg2.extensions
 import pytest
+import sqlalchemy as sa
 from flask.testing import FlaskClient
+from psycopg2 import sql
 
+from orders_api.adapters.confirmed_publisher import PublishError
+from orders_api.adapters.placement_queue import PlacementPublisher
 from orders_api.config import Settings
 from orders_api.entrypoints.errors import INTERNAL_ERROR_BODY
+from orders_api.service_layer.ordering import accept_orders
+from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.integration.checks import order_row
+from tests.integration.placement_helpers import new_order
 from tests.rabbitmq_admin import RabbitAdmin
 from workers.broker import PlacementBroker
 
@@ -180,6 +188,101 @@ def test_broker_nack_is_a_500_and_rolls_back_the_order(
     assert response.status_code == 500
     assert response.get_json() == INTERNAL_ERROR_BODY
     assert count_orders(database, order) == 0
+
+
+def test_a_placement_message_no_queue_would_take_is_a_publish_error_not_a_send(
+    placements: PlacementPublisher, rabbit: RabbitAdmin, settings: Settings
+) -> None:
+    placements.request_placement(uuid.uuid4())  # connects and declares the queues
+    # The publisher declares its queues only when it connects, so the deleted queue stays
+    # deleted: RabbitMQ returns the mandatory message (basic.return), then acks it.
+    rabbit.delete_queue(settings.placement_queue)
+
+    with pytest.raises(PublishError, match="could not route"):
+        placements.request_placement(uuid.uuid4())
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["group-commit", "idempotency-key"])
+def test_a_placement_message_no_queue_would_take_is_a_500_and_stores_nothing(
+    keyed: bool,
+    client: FlaskClient,
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    settings: Settings,
+    order: dict[str, object],
+) -> None:
+    assert client.post("/orders", json=LIMIT_ORDER).status_code == 201  # declares the queues
+    rabbit.delete_queue(settings.placement_queue)
+    headers = {"Idempotency-Key": str(uuid.uuid4())} if keyed else {}
+
+    response = client.post("/orders", json=order, headers=headers)
+
+    assert response.status_code == 500
+    assert response.get_json() == INTERNAL_ERROR_BODY
+    assert count_orders(database, order) == 0
+
+
+@pytest.fixture
+def refused_at_commit(database: psycopg2.extensions.connection) -> Iterator[str]:
+    """An instrument whose orders PostgreSQL refuses at ``COMMIT``, and not a statement earlier.
+
+    A constraint trigger deferred to commit time raises for that instrument only, so the
+    transaction gets through its inserts and the publish and fails at the very last step. It is
+    created in this run's database for this test alone and dropped after it.
+    """
+    instrument = uuid.uuid4().hex[:12].upper()
+    name = sql.Identifier(f"refuse_commit_{instrument.lower()}")
+    with database.cursor() as cursor:
+        cursor.execute(
+            sql.SQL(
+                "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'commit refused by the test'; END $$"
+            ).format(name)
+        )
+        cursor.execute(
+            sql.SQL(
+                "CREATE CONSTRAINT TRIGGER {} AFTER INSERT ON orders DEFERRABLE INITIALLY DEFERRED"
+                " FOR EACH ROW WHEN (NEW.instrument = {}) EXECUTE FUNCTION {}()"
+            ).format(name, sql.Literal(instrument), name)
+        )
+    yield instrument
+    with database.cursor() as cursor:
+        cursor.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON orders").format(name))
+        cursor.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(name))
+
+
+def test_a_batch_whose_commit_fails_after_its_messages_were_confirmed_raises_and_stores_none_of_it(
+    refused_at_commit: str,
+    unit_of_work: Callable[[], SqlAlchemyUnitOfWork],
+    placements: PlacementPublisher,
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    settings: Settings,
+) -> None:
+    batch = [new_order(), replace(new_order(), instrument=refused_at_commit)]
+
+    with pytest.raises(sa.exc.DBAPIError, match="commit refused by the test"):
+        accept_orders(batch, unit_of_work(), placements)
+
+    assert [order_row(database, str(order.id)) for order in batch] == [None, None]
+    # It was the COMMIT that failed: both messages had been confirmed before it.
+    requested = [payload["args"][0] for payload in rabbit.peek_bodies(settings.placement_queue)]
+    assert sorted(requested) == sorted(str(order.id) for order in batch)
+
+
+def test_an_order_whose_group_commit_fails_at_commit_is_a_500_and_is_not_stored(
+    refused_at_commit: str,
+    client: FlaskClient,
+    database: psycopg2.extensions.connection,
+    order: dict[str, object],
+) -> None:
+    refused = {**order, "instrument": refused_at_commit}
+
+    response = client.post("/orders", json=refused)
+
+    assert response.status_code == 500
+    assert response.get_json() == INTERNAL_ERROR_BODY
+    assert count_orders(database, refused) == 0
 
 
 @pytest.mark.parametrize("broker", ["closed_port", "silent_server"])

@@ -14,7 +14,7 @@ from orders_api.adapters.placement_queue import PlacementPublisher
 from orders_api.config import Settings
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from orders_api.stock_exchange import OrderPlacementError
-from tests.integration.checks import order_row
+from tests.integration.checks import order_row, waiting_for_advisory_locks
 from tests.integration.conftest import StartWorker
 from tests.integration.placement_helpers import (
     ORDER,
@@ -192,18 +192,6 @@ def test_during_an_exchange_outage_placements_wait_for_it_instead_of_retrying_an
 
     assert all(row["status"] == "placed" for row in rows)
     assert calls_while_open < ORDERS_IN_OUTAGE, "the breaker did not hold placements back"
-
-
-def waiting_for_advisory_locks(database: psycopg2.extensions.connection) -> int:
-    """How many sessions wait on an advisory lock: the worker waiting on an order's creation lock."""
-    with database.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_locks JOIN pg_database d ON d.oid = pg_locks.database"
-            " WHERE locktype = 'advisory' AND NOT granted AND d.datname = current_database()"
-        )
-        row = cursor.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_message_for_an_order_that_was_never_committed_is_dropped(
