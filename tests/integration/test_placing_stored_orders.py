@@ -26,7 +26,7 @@ from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from orders_api.stock_exchange import OrderPlacementError
 from tests.integration.checks import order_row, waiting_for_advisory_locks
 from tests.integration.placement_helpers import SETTLE_TIMEOUT_S, eventually, new_order
-from tests.unit.fakes import T0, FakeClock, make_order
+from tests.unit.fakes import T0, FakeClock, make_order, seasoned_claims
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def deliver(
     order_id: uuid.UUID, uow: SqlAlchemyUnitOfWork, exchange: Exchange, clock: FakeClock
 ) -> PlacementOutcome:
     """Handle one delivery of the placement message for ``order_id``, on the test's clock."""
-    return place_on_exchange(order_id, uow, exchange, lease=LEASE, ends_by=clock() + LEASE / 2, now=clock)
+    return place_on_exchange(order_id, uow, exchange, claims=seasoned_claims(clock, LEASE), now=clock)
 
 
 # A batch's creation locks
@@ -74,6 +74,7 @@ def test_a_delivery_waits_for_the_batch_that_creates_its_order_before_deciding(
 ) -> None:
     batch = [new_order() for _ in range(BATCH)]
     placed: list[uuid.UUID] = []
+    claims = seasoned_claims(FakeClock(utc_now()), LEASE)
     with ThreadPoolExecutor(max_workers=BATCH) as deliveries:
         with SqlAlchemyUnitOfWork(engine) as uow:
             uow.orders.add_many(batch)
@@ -85,8 +86,7 @@ def test_a_delivery_waits_for_the_batch_that_creates_its_order_before_deciding(
                     order.id,
                     SqlAlchemyUnitOfWork(engine),
                     placed_on_the_exchange(placed),
-                    lease=LEASE,
-                    ends_by=utc_now() + LEASE / 2,
+                    claims=claims,
                 )
                 for order in batch
             ]

@@ -20,6 +20,7 @@ from typing import Self
 
 from orders_api.domain import Order, OrderStatus, OrderType, Side
 from orders_api.idempotency import IdempotencyKey, IdempotencyKeyInFlightError
+from orders_api.service_layer.claims import RENEWALS_PER_LEASE, ClaimKeeper
 
 #: A fixed moment for tests that need a clock; timezone-aware, as every timestamp of the service is.
 T0 = datetime(2024, 1, 2, 9, 30, tzinfo=UTC)
@@ -369,3 +370,18 @@ class FakeClock:
     def advance(self, delta: timedelta) -> None:
         """Move the clock forward by ``delta``."""
         self.current += delta
+
+
+def seasoned_claims(clock: FakeClock, lease: timedelta) -> ClaimKeeper:
+    """The claims of a process that has reached the database without a gap for a whole lease, up to now.
+
+    Such a process may take over an expired claim. Its renewals go to a store of their own, so
+    they add nothing to what a test inspects.
+    """
+    claims = ClaimKeeper(FakeUnitOfWork, lease, now=clock)
+    now = clock.current
+    for step in range(RENEWALS_PER_LEASE + 1):
+        clock.current = now - lease + step * claims.renew_every
+        claims.renew()
+    clock.current = now
+    return claims

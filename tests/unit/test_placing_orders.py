@@ -14,7 +14,7 @@ from datetime import timedelta
 import pytest
 
 from orders_api.domain import ClaimHeldError, Order, OrderStatus
-from orders_api.service_layer.claims import RENEWALS_PER_LEASE, ClaimKeeper
+from orders_api.service_layer.claims import ClaimKeeper
 from orders_api.service_layer.placement import (
     OrderAlreadyFailedError,
     PlacementOutcome,
@@ -25,7 +25,7 @@ from orders_api.service_layer.placement import (
     place_on_exchange,
 )
 from orders_api.stock_exchange import OrderPlacementError
-from tests.unit.fakes import T0, FakeClock, FakeExchange, FakeUnitOfWork, make_order
+from tests.unit.fakes import T0, FakeClock, FakeExchange, FakeUnitOfWork, make_order, seasoned_claims
 
 pytestmark = pytest.mark.unit
 
@@ -33,25 +33,11 @@ LEASE = timedelta(seconds=60)
 UNAVAILABLE = "Failed to place order at stock exchange. Connection not available"
 
 
-def seasoned_claims(clock: FakeClock) -> ClaimKeeper:
-    """Claims of a process that has reached the database without a gap for a whole lease, up to now.
-
-    Its renewals go to a store of their own, so they add nothing to what a test inspects.
-    """
-    claims = ClaimKeeper(FakeUnitOfWork, LEASE, now=clock)
-    now = clock.current
-    for step in range(RENEWALS_PER_LEASE + 1):
-        clock.current = now - LEASE + step * claims.renew_every
-        assert claims.renew()
-    clock.current = now
-    return claims
-
-
 def place(
     order_id: uuid.UUID, uow: FakeUnitOfWork, exchange: FakeExchange, clock: FakeClock
 ) -> PlacementOutcome:
     """Handle one delivery of the placement message for ``order_id``."""
-    return place_on_exchange(order_id, uow, exchange, claims=seasoned_claims(clock), now=clock)
+    return place_on_exchange(order_id, uow, exchange, claims=seasoned_claims(clock, LEASE), now=clock)
 
 
 def commit_elsewhere(uow: FakeUnitOfWork, order: Order) -> None:
@@ -516,7 +502,7 @@ def test_a_placement_is_recorded_once_the_database_is_back() -> None:
     away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=3)
 
     outcome = place_on_exchange(
-        order.id, uow, away.exchange, claims=seasoned_claims(clock), now=clock, sleep=away.sleep
+        order.id, uow, away.exchange, claims=seasoned_claims(clock, LEASE), now=clock, sleep=away.sleep
     )
 
     assert outcome is PlacementOutcome.PLACED
@@ -531,7 +517,7 @@ def test_recording_a_placement_goes_on_however_long_the_database_is_away_with_th
     order = make_order()
     uow = FakeUnitOfWork(order)
     clock = FakeClock(T0)
-    claims = seasoned_claims(clock)
+    claims = seasoned_claims(clock, LEASE)
     away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=100)
     held_while_away: list[bool] = []
     sleep = away.sleep
@@ -560,7 +546,9 @@ def test_a_refusal_is_recorded_however_long_the_database_is_away_and_the_claim_t
         raise outage()
 
     with pytest.raises(OrderPlacementError):
-        place_on_exchange(order.id, uow, refuse, claims=seasoned_claims(clock), now=clock, sleep=away.sleep)
+        place_on_exchange(
+            order.id, uow, refuse, claims=seasoned_claims(clock, LEASE), now=clock, sleep=away.sleep
+        )
 
     stored = uow.committed[order.id]
     assert stored.status is OrderStatus.PENDING
