@@ -141,10 +141,16 @@ class Order:
             return self
         return replace(self, claimed_until=None, last_error=error, abandoned_claims=0)
 
-    def failed(self, error: str) -> Order:
-        """Return the order as failed for good; only a pending order can fail."""
+    def failed(self, error: str, now: datetime) -> Order:
+        """Return the order as failed for good; only a pending order can fail.
+
+        :raises ClaimHeldError: another delivery holds a live claim: it is placing the order
+            right now, and its outcome decides; whoever wanted to fail the order retries later.
+        """
         if self.status is not OrderStatus.PENDING:
             return self
+        if self.claimed_until is not None and self.claimed_until > now:
+            raise ClaimHeldError(self.id, self.claimed_until - now)
         return replace(self, status=OrderStatus.FAILED, claimed_until=None, last_error=error)
 
     def reopened(self) -> Order:

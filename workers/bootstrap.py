@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
 
 import dramatiq
 
 from orders_api import stock_exchange
 from orders_api.adapters.database import bound_database_waits, create_engine
-from orders_api.domain import Order
+from orders_api.domain import ClaimHeldError, Order
 from orders_api.service_layer.claims import ClaimKeeper
 from orders_api.service_layer.placement import (
     Exchange,
@@ -20,6 +21,7 @@ from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.broker import create_broker
 from workers.claim_renewal import ClaimRenewal
 from workers.placement_actor import declare_place_order_actor, exchange_breaker
+from workers.retries import GiveUpDeferredError
 from workers.settings import WorkerSettings
 from workers.time_limit import LiftableTimeLimit
 
@@ -63,7 +65,12 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
             order_id = parse_order_id(message.args[0] if message.args else None)
         except UnloadableOrderError:
             order_id = None
-        if order_id is None or not mark_failed(order_id, unit_of_work(), error):
+        try:
+            failed = order_id is not None and mark_failed(order_id, unit_of_work(), error)
+        except ClaimHeldError as held:
+            retry_after_ms = int(held.retry_after.total_seconds() * 1000) + random.randint(100, 1000)
+            raise GiveUpDeferredError(str(held), retry_after_ms=retry_after_ms) from held
+        if not failed:
             logger.warning("dead-lettered message %s names no pending order", message.message_id)
 
     claims = ClaimKeeper(lambda: SqlAlchemyUnitOfWork(renewal_engine), settings.claim_lease)

@@ -14,8 +14,18 @@ from workers.requeue import request_requeue, requeue_requested
 
 logger = logging.getLogger(__name__)
 
-#: Called with a message that is being dead-lettered and the error that ended it.
+#: Called with a message that is being dead-lettered and the error that ended it; raises
+#: :exc:`GiveUpDeferredError` to have the message retried instead.
 GiveUpHandler = Callable[[dramatiq.MessageProxy, BaseException], None]
+
+
+class GiveUpDeferredError(Exception):
+    """The message must not be given up yet (another delivery is placing its order); retry it later."""
+
+    def __init__(self, reason: str, *, retry_after_ms: int) -> None:
+        super().__init__(reason)
+        self.retry_after_ms = retry_after_ms
+
 
 #: Seconds a message whose retry could not be scheduled waits before it is requeued, after the
 #: first such failure in a row; the pause doubles with each further one.
@@ -82,13 +92,7 @@ class DeadLetteringRetries(Retries):
                 broker, message, result=result, exception=exception
             )
         except Exception:
-            logger.exception(
-                "cannot schedule a retry of message %s; returning it to the queue", message.message_id
-            )
-            with self._lock:
-                self._unscheduled_in_a_row += 1
-            request_requeue(message)
-            message.fail()
+            self._requeue(message)
             return
         if not message.failed:
             with self._lock:
@@ -96,8 +100,29 @@ class DeadLetteringRetries(Retries):
             return
         try:
             self._on_give_up(message, _reason(exception))
+        except GiveUpDeferredError as deferred:
+            logger.warning("message %s not given up: %s; retrying it", message.message_id, deferred)
+            message.failed = False
+            self._retry_later(broker, message, deferred.retry_after_ms)
         except Exception:
             logger.exception("could not record that message %s was given up", message.message_id)
+
+    def _retry_later(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, delay_ms: int) -> None:
+        """Schedule the message again after ``delay_ms``, or requeue it if that fails, as for any retry."""
+        try:
+            broker.enqueue(message.copy(), delay=delay_ms)
+        except Exception:
+            self._requeue(message)
+
+    def _requeue(self, message: dramatiq.MessageProxy) -> None:
+        """Have the worker hand the message back to its queue, since no retry could be scheduled."""
+        logger.exception(
+            "cannot schedule a retry of message %s; returning it to the queue", message.message_id
+        )
+        with self._lock:
+            self._unscheduled_in_a_row += 1
+        request_requeue(message)
+        message.fail()
 
     def before_nack(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy) -> None:
         """Pause before a requeue, in the message's own worker thread, so that it cannot loop fast.

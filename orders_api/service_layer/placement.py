@@ -117,9 +117,15 @@ def place_on_exchange(
     return PlacementOutcome.PLACED
 
 
-def mark_failed(order_id: uuid.UUID, uow: UnitOfWork, error: BaseException) -> bool:
-    """Record that the order will not be placed; return whether a pending order was failed."""
-    failed = _record(order_id, uow, lambda order: order.failed(_describe(error)))
+def mark_failed(
+    order_id: uuid.UUID, uow: UnitOfWork, error: BaseException, *, now: Callable[[], datetime] = utc_now
+) -> bool:
+    """Record that the order will not be placed; return whether a pending order was failed.
+
+    :raises ClaimHeldError: another delivery holds a live claim on the order; the order is left
+        to it, and the caller retries instead of giving up.
+    """
+    failed = _record(order_id, uow, lambda order: order.failed(_describe(error), now()))
     if failed is None:
         return False
     logger.warning("order %s failed: %s", order_id, failed.last_error)

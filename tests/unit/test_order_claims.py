@@ -160,3 +160,22 @@ def test_a_release_of_a_claim_taken_over_since_changes_nothing() -> None:
     taken_over = ours.claim(T0 + 2 * LEASE, LEASE)
 
     assert taken_over.released(ours.attempts, "OrderPlacementError: unavailable") == taken_over
+
+
+def test_an_order_under_another_deliverys_live_claim_cannot_be_failed() -> None:
+    # Its holder is placing it right now, and the exchange's answer decides.
+    order = make_order(attempts=2).claim(T0, LEASE)
+
+    with pytest.raises(ClaimHeldError) as held:
+        order.failed("OrderPlacementError: retries exhausted", T0 + timedelta(seconds=1))
+
+    assert held.value.retry_after == LEASE - timedelta(seconds=1)
+
+
+def test_an_order_whose_claim_expired_can_be_failed() -> None:
+    order = make_order(attempts=2).claim(T0, LEASE)
+
+    failed = order.failed("OrderPlacementError: retries exhausted", T0 + LEASE)
+
+    assert failed.status is OrderStatus.FAILED
+    assert failed.claimed_until is None

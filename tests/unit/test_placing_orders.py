@@ -427,6 +427,16 @@ def test_mark_failed_leaves_an_already_failed_order_and_its_first_error_alone() 
     assert uow.committed[order.id] == order
 
 
+def test_mark_failed_leaves_an_order_under_another_deliverys_live_claim_to_it() -> None:
+    order = make_order(attempts=1).claim(T0, LEASE)
+    uow = FakeUnitOfWork(order)
+
+    with pytest.raises(ClaimHeldError):
+        mark_failed(order.id, uow, outage(), now=FakeClock(T0))
+
+    assert uow.committed[order.id] == order
+
+
 def test_mark_failed_reports_false_for_an_unknown_order_and_creates_nothing() -> None:
     uow = FakeUnitOfWork()
 

@@ -19,6 +19,7 @@ from workers.retries import (
     FIRST_REQUEUE_PAUSE_S,
     LONGEST_REQUEUE_PAUSE_S,
     DeadLetteringRetries,
+    GiveUpDeferredError,
     requeue_pause_s,
 )
 
@@ -41,6 +42,8 @@ class Retries:
 
     def __init__(self) -> None:
         self.given_up: list[str] = []
+        #: When set, giving up is deferred with this error, as while another delivery holds a claim.
+        self.defer_with: GiveUpDeferredError | None = None
         self.middleware = DeadLetteringRetries(on_give_up=self._give_up)
         self.broker = RefusingBroker(middleware=[self.middleware])
         dramatiq.actor(
@@ -48,6 +51,8 @@ class Retries:
         )(lambda _order_id: None)
 
     def _give_up(self, message: dramatiq.MessageProxy, error: BaseException) -> None:
+        if self.defer_with is not None:
+            raise self.defer_with
         self.given_up.append(message.message_id)
 
     def failed_delivery(self, error: BaseException) -> dramatiq.MessageProxy:
@@ -116,3 +121,19 @@ def test_a_stopping_worker_requeues_without_pausing() -> None:
     retries.middleware.before_worker_shutdown(retries.broker, dramatiq.Worker(retries.broker))
 
     assert requeue_wait_s(retries, messages[-1]) < FIRST_REQUEUE_PAUSE_S / 2
+
+
+def test_a_give_up_deferred_by_a_live_claim_is_retried_after_it_instead_of_dead_lettered() -> None:
+    retries = Retries()
+    retries.broker.refusing = False
+    retries.defer_with = GiveUpDeferredError("order claimed by another delivery", retry_after_ms=4000)
+
+    before_ms = int(time.time() * 1000)
+    message = retries.failed_delivery(ValueError("instrument not tradable"))
+
+    assert not message.failed
+    assert retries.given_up == []
+    [encoded] = retries.broker.queues["placements.DQ"].queue
+    retry = dramatiq.Message.decode(encoded)
+    assert retry.message_id == message.message_id
+    assert before_ms + 4000 <= retry.options["eta"] <= time.time() * 1000 + 4000
