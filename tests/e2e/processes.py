@@ -187,8 +187,8 @@ def running_service(
         or did not stop within :data:`STOP_TIMEOUT_S` and had to be killed.
     """
     options = options or ProcessOptions()
-    port = _free_port()
-    env = _environment(settings, options)
+    port = free_port()
+    env = service_environment(settings, options)
     with ExitStack() as stack:
         api = _start(
             "api (gunicorn)",
@@ -238,7 +238,7 @@ def running_service(
         )
 
 
-def _environment(settings: Settings, options: ProcessOptions) -> dict[str, str]:
+def service_environment(settings: Settings, options: ProcessOptions) -> dict[str, str]:
     """The environment of both processes: this one's, minus Flask overrides, plus the test's targets."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLASK_")}
     env.update(
@@ -317,7 +317,7 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
