@@ -50,7 +50,8 @@ class Settings:
     db_pool_pre_ping: bool = False
     #: Seconds a pending order may go untouched before the reconciliation sweep republishes its
     #: placement request. It must exceed the longest quiet period of a healthy order: the longest
-    #: retry backoff (``PLACEMENT_MAX_BACKOFF_MS``, 5 min) plus a claim's lease (60 s), plus a margin.
+    #: retry backoff (``PLACEMENT_MAX_BACKOFF_MS``, 5 min) plus a claim's lease (``CLAIM_LEASE_MS``,
+    #: 15 s), plus a margin.
     reconcile_stale_after_s: float = 900.0
 
     @classmethod
