@@ -8,7 +8,10 @@ request ``--timeout`` seconds. A separate process, so that the faults the suite 
 servers and the service never stall or share a GIL with the client that observes them.
 
 Each line: ``{"index", "sent_at" (Unix time), "latency_s", "status" (null if no answer),
-"order_id" (for a 201), "error" (the exception's name when there was no answer)}``.
+"order_id" (for a 201), "error" (the exception's name when there was no answer)}``. A request
+that got no ``201`` learns no order id, so each request's order carries its index: its
+``quantity`` is ``1 + index`` (:func:`request_index` reads it back), which lets the ledger find
+the order of a ``500`` or of a request never answered, if one was committed anyway.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ INSTRUMENTS = ("US0378331005", "US5949181045", "DE0007164600", "GB0002634946", "
 
 
 def order(index: int) -> dict[str, Any]:
-    """The ``index``-th order of the stream: market and limit, buy and sell."""
+    """The ``index``-th order of the stream: market and limit, buy and sell, its quantity unique."""
     body: dict[str, Any] = {
         "type": "limit" if index % 2 else "market",
         "side": "sell" if index % 4 >= 2 else "buy",
@@ -39,6 +42,11 @@ def order(index: int) -> dict[str, Any]:
     if body["type"] == "limit":
         body["limit_price"] = f"{100 + index % 50}.{index % 100:02d}"
     return body
+
+
+def request_index(quantity: int) -> int:
+    """The index of the request that sent an order of this ``quantity``: :func:`order` inverted."""
+    return quantity - 1
 
 
 class _Recorder:
