@@ -41,13 +41,14 @@ from tests.faults.ledger import (
     read_answers,
     read_placements,
 )
-from tests.faults.servers import PrivatePostgres, PrivateRabbitMQ
+from tests.faults.servers import PrivatePostgres, PrivateRabbitMQ, child_pids
 from tests.rabbitmq_admin import RabbitAdmin
 
-#: Requests per second of the load stream, for how long by default, and at most how many.
+#: Requests per second of the load stream, for how long by default, and at most how many (the
+#: longest outages' streams run about 80 s; each request's index goes into its order's quantity).
 LOAD_RATE = 25.0
 LOAD_DURATION_S = 24.0
-LOAD_MAX_REQUESTS = 1000
+LOAD_MAX_REQUESTS = 3000
 #: Seconds one request may take before the client gives up on it.
 REQUEST_TIMEOUT_S = 10.0
 #: Most requests in flight at once.
@@ -69,6 +70,10 @@ SHORT_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "2000"}
 #: answered keeps retrying to record the placement for about 9 s, which outlasts the outage,
 #: while claims left by failures to release still expire within the settling time.
 OUTAGE_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "10000"}
+#: Settings of the scenarios whose outage outlasts the service's own timeouts: a 10 s placement
+#: time limit and a 10 s claim lease (``CLAIM_LEASE_MS``; code without that setting derives the
+#: lease from the time limit, 20 s), so that a 25-30 s outage lasts longer than twice each.
+LONG_OUTAGE_LIMITS = {"PLACEMENT_TIME_LIMIT_MS": "10000", "CLAIM_LEASE_MS": "10000"}
 #: Requests the API works on at once (gunicorn threads): the most whose ``COMMIT`` one cut of
 #: the database's connections can leave unknowable, if each process has one batch in flight.
 REQUESTS_IN_FLIGHT = PROCESSES.web_workers * PROCESSES.web_threads
@@ -87,11 +92,20 @@ _POLL_INTERVAL_S = 0.2
 class LoadStream:
     """The running load stream: its answers so far and its end."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], answers: Path, log: Path, duration_s: float) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], answers: Path, log: Path, stop_file: Path, duration_s: float
+    ) -> None:
         self._popen = popen
         self._duration_s = duration_s
         self.answers = answers
         self._log = log
+        self._stop_file = stop_file
+
+    def stop_after(self, seconds: float) -> None:
+        """Have the stream send for ``seconds`` more, then stop (if its duration has not ended it first)."""
+        written = self._stop_file.with_suffix(".tmp")
+        written.write_text(f"{time.time() + seconds:.3f}", encoding="ascii")
+        written.replace(self._stop_file)  # whole, so the stream never reads half a time
 
     def answered(self) -> int:
         """Requests answered (or given up on) so far."""
@@ -180,6 +194,7 @@ class FaultRun:
     def load(self, service: RunningService, duration_s: float = LOAD_DURATION_S) -> Iterator[LoadStream]:
         """The load stream against ``service``; the block ends once the stream has (killed on error)."""
         answers, log = self.directory / "answers.jsonl", self.directory / "load.log"
+        stop_file = self.directory / "load.stop"
         command = [
             sys.executable,
             "-m",
@@ -191,13 +206,14 @@ class FaultRun:
             f"--timeout={REQUEST_TIMEOUT_S}",
             f"--clients={LOAD_CLIENTS}",
             f"--out={answers}",
+            f"--stop-file={stop_file}",
         ]
         with log.open("wb") as log_file:
             popen = subprocess.Popen(
                 command, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
             )
             try:
-                stream = LoadStream(popen, answers, log, duration_s)
+                stream = LoadStream(popen, answers, log, stop_file, duration_s)
                 yield stream
                 stream.wait()
             finally:
@@ -271,15 +287,6 @@ class FaultRun:
             str(body["args"][0]) if body.get("args") else str(body.get("message_id"))
             for body in self.admin.peek_bodies(xq_name(self.settings.placement_queue))
         ]
-
-
-def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux: ``/proc/<pid>/task/*/children``)."""
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with suppress(OSError):
-            children.extend(int(child) for child in (task / "children").read_text().split())
-    return children
 
 
 def kill_and_restart_workers(service: RunningService) -> int:
