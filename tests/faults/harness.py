@@ -4,7 +4,9 @@ A scenario runs the real API and workers (``tests.e2e.processes``) on a database
 its own on the suite's private servers, starts the load stream in a process of its own, injects
 its fault once the stream is under way, waits for the stream to end and for every order to
 settle, stops the processes, and only then reads the ledger: with the processes gone, no log
-line is still in a pipe and no request is still being answered.
+line is still in a pipe and no request is still being answered. The workers run the suite's own
+entry point (``tests.faults.outage_workers``), which records every placement on the exchange's
+side.
 """
 
 from __future__ import annotations
@@ -21,17 +23,32 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+from dramatiq.common import xq_name
 
 from orders_api.config import Settings
-from tests.e2e.processes import PROJECT_ROOT, ProcessOptions, RunningService, running_service
-from tests.faults.ledger import ExchangeRecord, Ledger, OrderRow, exchange_record, read_answers
-from tests.faults.servers import PrivatePostgres, PrivateRabbitMQ
+from tests.e2e.processes import (
+    PROJECT_ROOT,
+    ProcessOptions,
+    RunningService,
+    ServiceProcessError,
+    running_service,
+)
+from tests.faults.ledger import (
+    ExchangeRecord,
+    Ledger,
+    OrderRow,
+    exchange_record,
+    read_answers,
+    read_placements,
+)
+from tests.faults.servers import PrivatePostgres, PrivateRabbitMQ, child_pids
 from tests.rabbitmq_admin import RabbitAdmin
 
-#: Requests per second of the load stream, for how long by default, and at most how many.
+#: Requests per second of the load stream, for how long by default, and at most how many (the
+#: longest outages' streams run about 80 s; each request's index goes into its order's quantity).
 LOAD_RATE = 25.0
 LOAD_DURATION_S = 24.0
-LOAD_MAX_REQUESTS = 1000
+LOAD_MAX_REQUESTS = 3000
 #: Seconds one request may take before the client gives up on it.
 REQUEST_TIMEOUT_S = 10.0
 #: Most requests in flight at once.
@@ -53,9 +70,21 @@ SHORT_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "2000", "CLAIM_LEASE_MS": "4000"}
 #: answered keeps retrying to record the placement for about 9 s, which outlasts the outage,
 #: while claims left by failures to release still expire within the settling time.
 OUTAGE_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "10000"}
+#: Settings of the scenarios whose outage outlasts the service's own timeouts: a 10 s placement
+#: time limit and a 10 s claim lease (``CLAIM_LEASE_MS``; code without that setting derives the
+#: lease from the time limit, 20 s), so that a 25-30 s outage lasts longer than twice each.
+LONG_OUTAGE_LIMITS = {"PLACEMENT_TIME_LIMIT_MS": "10000", "CLAIM_LEASE_MS": "10000"}
+#: Requests the API works on at once (gunicorn threads): the most whose ``COMMIT`` one cut of
+#: the database's connections can leave unknowable, if each process has one batch in flight.
+REQUESTS_IN_FLIGHT = PROCESSES.web_workers * PROCESSES.web_threads
+#: The workers' entry point in every scenario: production wiring, exchange recorded.
+FAULT_WORKERS_MODULE = "tests.faults.outage_workers"
 #: Environment variable naming the file whose existence means "the exchange is down" to the
 #: workers of ``tests.faults.outage_workers``.
 OUTAGE_MARKER_ENV = "FAULTS_EXCHANGE_OUTAGE_MARKER"
+#: Environment variable naming the file in which those workers record every placement the
+#: exchange accepted.
+PLACEMENTS_FILE_ENV = "FAULTS_PLACEMENTS_FILE"
 
 _POLL_INTERVAL_S = 0.2
 
@@ -63,11 +92,20 @@ _POLL_INTERVAL_S = 0.2
 class LoadStream:
     """The running load stream: its answers so far and its end."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], answers: Path, log: Path, duration_s: float) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes], answers: Path, log: Path, stop_file: Path, duration_s: float
+    ) -> None:
         self._popen = popen
         self._duration_s = duration_s
         self.answers = answers
         self._log = log
+        self._stop_file = stop_file
+
+    def stop_after(self, seconds: float) -> None:
+        """Have the stream send for ``seconds`` more, then stop (if its duration has not ended it first)."""
+        written = self._stop_file.with_suffix(".tmp")
+        written.write_text(f"{time.time() + seconds:.3f}", encoding="ascii")
+        written.replace(self._stop_file)  # whole, so the stream never reads half a time
 
     def answered(self) -> int:
         """Requests answered (or given up on) so far."""
@@ -119,28 +157,44 @@ class FaultRun:
         self.admin = admin
         self.directory = directory
         self.service_running: RunningService | None = None
+        self.placements_file = directory / "placements.log"
         self._fault_s = 0.0
         self._fault_ended_at = float("inf")
+        self._stop_failure: str | None = None
 
-    @staticmethod
-    def options(*extra_env: dict[str, str], worker_module: str = "workers.main") -> ProcessOptions:
-        """:data:`PROCESSES` with :data:`FAST_RETRIES` and ``extra_env`` in the environment."""
-        env: dict[str, str] = dict(FAST_RETRIES)
+    def options(self, *extra_env: dict[str, str]) -> ProcessOptions:
+        """:data:`PROCESSES` with :data:`FAST_RETRIES` and ``extra_env`` in the environment.
+
+        The workers run :data:`FAULT_WORKERS_MODULE`, recording placements in :attr:`placements_file`.
+        """
+        env: dict[str, str] = {**FAST_RETRIES, PLACEMENTS_FILE_ENV: str(self.placements_file)}
         for each in extra_env:
             env.update(each)
-        return replace(PROCESSES, extra_env=env, worker_module=worker_module)
+        return replace(PROCESSES, extra_env=env, worker_module=FAULT_WORKERS_MODULE)
 
     @contextmanager
     def service(self, options: ProcessOptions) -> Iterator[RunningService]:
-        """The API and the workers on this scenario's database and vhost; stopped at the end of the block."""
-        with running_service(self.settings, self.directory, options) as running:
-            self.service_running = running
-            yield running
+        """The API and the workers on this scenario's database and vhost; stopped at the end of the block.
+
+        If they do not stop by themselves once the block has ended, they are killed and the
+        ledger says so (a check fails on it), so that the scenario's ledger is still printed.
+        """
+        block_ended = False
+        try:
+            with running_service(self.settings, self.directory, options) as running:
+                self.service_running = running
+                yield running
+                block_ended = True
+        except ServiceProcessError as error:
+            if not block_ended:
+                raise
+            self._stop_failure = str(error).splitlines()[0]
 
     @contextmanager
     def load(self, service: RunningService, duration_s: float = LOAD_DURATION_S) -> Iterator[LoadStream]:
         """The load stream against ``service``; the block ends once the stream has (killed on error)."""
         answers, log = self.directory / "answers.jsonl", self.directory / "load.log"
+        stop_file = self.directory / "load.stop"
         command = [
             sys.executable,
             "-m",
@@ -152,13 +206,14 @@ class FaultRun:
             f"--timeout={REQUEST_TIMEOUT_S}",
             f"--clients={LOAD_CLIENTS}",
             f"--out={answers}",
+            f"--stop-file={stop_file}",
         ]
         with log.open("wb") as log_file:
             popen = subprocess.Popen(
                 command, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
             )
             try:
-                stream = LoadStream(popen, answers, log, duration_s)
+                stream = LoadStream(popen, answers, log, stop_file, duration_s)
                 yield stream
                 stream.wait()
             finally:
@@ -198,9 +253,11 @@ class FaultRun:
     def ledger(self, scenario: str, service: RunningService) -> Ledger:
         """The scenario's ledger, read once the service has stopped."""
         rows = {
-            str(order_id): OrderRow(str(status), created_at, placed_at, int(attempts), last_error)
-            for order_id, status, created_at, placed_at, attempts, last_error in self._query(
-                "SELECT id::text, status, created_at, placed_at, attempts, last_error FROM orders"
+            str(order_id): OrderRow(
+                str(status), created_at, placed_at, int(attempts), last_error, int(quantity)
+            )
+            for order_id, status, created_at, placed_at, attempts, last_error, quantity in self._query(
+                "SELECT id::text, status, created_at, placed_at, attempts, last_error, quantity FROM orders"
             )
         }
         return Ledger(
@@ -208,24 +265,28 @@ class FaultRun:
             answers=read_answers(self.directory / "answers.jsonl"),
             rows=rows,
             exchange=self.exchange_record(service),
+            dead_letters=self.dead_letters(),
             fault_s=self._fault_s,
             fault_ended_at=self._fault_ended_at,
+            stop_failure=self._stop_failure,
         )
 
-    @staticmethod
-    def exchange_record(service: RunningService) -> ExchangeRecord:
+    def exchange_record(self, service: RunningService) -> ExchangeRecord:
         return exchange_record(
-            [log.read_text(encoding="utf-8", errors="replace") for log in service.worker_logs]
+            [log.read_text(encoding="utf-8", errors="replace") for log in service.worker_logs],
+            read_placements(self.placements_file),
         )
 
+    def dead_letters(self) -> list[str]:
+        """The order id (or, failing one, the message id) of each message in the dead-letter queue.
 
-def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (Linux: ``/proc/<pid>/task/*/children``)."""
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with suppress(OSError):
-            children.extend(int(child) for child in (task / "children").read_text().split())
-    return children
+        Read through the management API's ``get`` with requeue, which sees every message at
+        once (its statistics lag by a second); nothing consumes the queue by then.
+        """
+        return [
+            str(body["args"][0]) if body.get("args") else str(body.get("message_id"))
+            for body in self.admin.peek_bodies(xq_name(self.settings.placement_queue))
+        ]
 
 
 def kill_and_restart_workers(service: RunningService) -> int:

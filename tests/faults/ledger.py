@@ -1,12 +1,16 @@
-"""A fault scenario's ledger: what the clients were told, what PostgreSQL holds, what the workers did.
+"""A fault scenario's ledger: what the clients were told, what PostgreSQL holds, what the exchange did.
 
-Three independent records are set against each other once the system has settled and the
-processes have stopped: the load stream's answers (one JSON line per request), the ``orders``
-rows, and the workers' logs, where ``workers.bootstrap.logged_exchange`` writes
-``exchange call for order <id>`` before each call to the exchange and ``exchange placed order
-<id>`` after each success, the placement use case writes ``order <id> placed on attempt <n>``
-once ``placed`` is committed, and Dramatiq writes ``Failed to process message
-place_order('<id>')`` when a placement raised.
+Independent records are set against each other once the system has settled and the processes
+have stopped: the load stream's answers (one JSON line per request; each request's order carries
+its index in its ``quantity``, so even the order of a ``500`` can be found), the ``orders`` rows,
+the exchange's own record of the placements it accepted (``tests.faults.outage_workers`` appends
+each one to a file, synced, before the call returns: placements and duplicates are counted from
+it), what is left in the dead-letter queue, and the workers' logs, where ``exchange call for
+order <id>`` is written before each call to the exchange and ``exchange placed order <id>`` after
+each success, the placement use case writes ``order <id> placed on attempt <n>`` once ``placed``
+is committed, and Dramatiq writes ``Failed to process message place_order('<id>')`` when a
+placement raised. The logs still tell which calls were cut short and whether the exchange was
+called after ``placed`` was committed; a log line can be missed, a placement on the record cannot.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tests.faults.load_stream import request_index
 from workers.placement_actor import NOT_RETRYABLE
 
 _ID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
@@ -30,7 +35,8 @@ _FAILED = re.compile(rf"Failed to process message \w+\('{_ID}'\)")
 #: Column titles of the ledger table (docs/fault-injection.md shows the same).
 HEADER = (
     "| scenario | sent | 201 | 4xx | 500 | other/timeout | placed | failed | pending | ambiguous "
-    "| duplicates | max s 201→placed | fault s |"
+    "| 500 whose order exists | placed twice | max s 201→placed | s fault end→last placed "
+    "| dead letters | fault s |"
 )
 #: The Markdown rule under :data:`HEADER`.
 RULE = "|" + " --- |" * HEADER.count(" | ") + " --- |"
@@ -45,23 +51,58 @@ class OrderRow:
     placed_at: datetime | None
     attempts: int
     last_error: str | None
+    #: The stream's request index plus one: which request created the order.
+    quantity: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One placement the exchange accepted, as its record holds it."""
+
+    order_id: str
+    #: Unix time the exchange's call returned.
+    at: float
+    #: The worker process that made the call.
+    pid: int
+
+
+def read_placements(path: Path) -> tuple[Placement, ...]:
+    """The exchange's record (``tests.faults.outage_workers``): one ``<order id> <time> <pid>`` line each.
+
+    The workers create the file when they start, so a missing file fails loudly.
+    """
+    placements = []
+    for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), start=1):
+        order_id, at, pid = line.split()
+        if not re.fullmatch(_ID, order_id):
+            raise ValueError(f"{path}:{number}: not an order id: {line!r}")
+        placements.append(Placement(order_id, float(at), int(pid)))
+    return tuple(placements)
 
 
 @dataclass(frozen=True)
 class ExchangeRecord:
-    """What the workers' logs say each order went through, in log order."""
+    """What the exchange accepted (its own record) and what the workers' logs say about the calls."""
 
+    #: Every placement the exchange accepted, in the order they were recorded.
+    placements: tuple[Placement, ...]
     calls: Counter[str]
-    successes: Counter[str]
+    #: ``exchange placed order`` lines; fewer than :attr:`successes` when a line was lost.
+    logged_successes: Counter[str]
     #: Orders for which the exchange was called again after ``placed`` had been committed: the
     #: duplicate guard failed. Must always be empty.
     called_after_placed: frozenset[str]
     #: Orders whose last event in a log is a call with no outcome: a killed worker's placements.
     interrupted: frozenset[str]
 
+    @property
+    def successes(self) -> Counter[str]:
+        """Successful exchange calls per order, from the exchange's record."""
+        return Counter(placement.order_id for placement in self.placements)
 
-def exchange_record(logs: list[str]) -> ExchangeRecord:
-    """Read the workers' logs, one text per worker run, oldest first."""
+
+def exchange_record(logs: list[str], placements: tuple[Placement, ...]) -> ExchangeRecord:
+    """Read the workers' logs, one text per worker run, oldest first, beside the exchange's record."""
     calls: Counter[str] = Counter()
     successes: Counter[str] = Counter()
     recorded: set[str] = set()
@@ -84,7 +125,16 @@ def exchange_record(logs: list[str]) -> ExchangeRecord:
             elif match := _FAILED.search(line):
                 open_calls.discard(match.group(1))
         interrupted |= open_calls
-    return ExchangeRecord(calls, successes, frozenset(called_after_placed), frozenset(interrupted))
+    return ExchangeRecord(
+        placements, calls, successes, frozenset(called_after_placed), frozenset(interrupted)
+    )
+
+
+def some(items: Any, shown: int = 10) -> str:
+    """The first ``shown`` of ``items`` (sorted), and how many more: ids by the hundred help no one."""
+    listed = sorted(items.items() if isinstance(items, dict) else items)
+    more = f" … (+{len(listed) - shown} more)" if len(listed) > shown else ""
+    return f"{listed[:shown]}{more}"
 
 
 def read_answers(path: Path) -> list[dict[str, Any]]:
@@ -107,9 +157,13 @@ class Ledger:
     answers: list[dict[str, Any]]
     rows: dict[str, OrderRow]
     exchange: ExchangeRecord
+    #: The order id of each message in the placement queue's dead-letter queue at the end.
+    dead_letters: list[str]
     fault_s: float
     #: Unix time the fault ended; answers sent after it show whether the service recovered.
     fault_ended_at: float
+    #: Why the API or the workers had to be killed at the end, if they did not stop by themselves.
+    stop_failure: str | None = None
     statuses: Counter[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -169,13 +223,44 @@ class Ledger:
         return self.rows.keys() - self.created_ids
 
     @property
+    def untold(self) -> dict[int, str]:
+        """Requests answered ``500`` or not at all whose order exists, by request index.
+
+        The client was told its order failed, or nothing, yet the order was committed (and will
+        be placed): a ``COMMIT`` whose outcome the API lost, or work done after the answer.
+        """
+        order_of_request = {request_index(row.quantity): order_id for order_id, row in self.rows.items()}
+        return {
+            answer["index"]: order_of_request[answer["index"]]
+            for answer in self.answers
+            if answer["status"] in (500, None) and answer["index"] in order_of_request
+        }
+
+    @property
+    def unexplained(self) -> set[str]:
+        """Rows no client was given that no ``500`` or unanswered request explains: must not exist."""
+        return self.ambiguous - set(self.untold.values())
+
+    @property
     def duplicates(self) -> dict[str, int]:
-        """Orders placed on the exchange more than once, with their count of successful calls."""
+        """Orders the exchange placed more than once (its own record), with their count of placements."""
         return {order_id: count for order_id, count in self.exchange.successes.items() if count > 1}
 
     @property
+    def fault_end_to_last_placement_s(self) -> float | None:
+        """Seconds from the fault's end to the exchange's last placement; ``None`` if it placed nothing."""
+        if not self.exchange.placements:
+            return None
+        return max(placement.at for placement in self.exchange.placements) - self.fault_ended_at
+
+    @property
+    def unlogged_successes(self) -> int:
+        """Placements on the exchange's record that the logs do not show: lines missed."""
+        return sum((self.exchange.successes - self.exchange.logged_successes).values())
+
+    @property
     def placed_without_success(self) -> set[str]:
-        """Placed rows with no successful exchange call in the logs."""
+        """Placed rows with no placement on the exchange's record."""
         placed = {order_id for order_id, row in self.rows.items() if row.status == "placed"}
         return placed - self.exchange.successes.keys()
 
@@ -193,6 +278,7 @@ class Ledger:
 
     def row(self) -> str:
         """The ledger as one row of :data:`HEADER`'s table."""
+        to_last = self.fault_end_to_last_placement_s
         cells = (
             self.scenario,
             self.sent,
@@ -204,8 +290,11 @@ class Ledger:
             self.statuses["failed"],
             self.statuses["pending"],
             len(self.ambiguous),
-            sum(count - 1 for count in self.duplicates.values()),
+            len(self.untold),
+            len(self.duplicates),
             f"{self.max_to_placed_s:.1f}",
+            "—" if to_last is None else f"{to_last:.1f}",
+            len(self.dead_letters),
             f"{self.fault_s:.1f}",
         )
         return "| " + " | ".join(str(cell) for cell in cells) + " |"
@@ -232,13 +321,24 @@ class Ledger:
             for answer in self.answers
             if answer["status"] not in (201, 500)
         )
+        untold = self.untold
+        untold_answers = Counter(
+            "500" if answer["status"] == 500 else f"no answer ({answer['error']})"
+            for answer in self.answers
+            if answer["index"] in untold
+        )
         parts = [
-            f"ambiguous commits: {sorted(self.ambiguous)}",
-            f"duplicates (successful calls): {self.duplicates}",
+            f"ambiguous commits: {some(self.ambiguous)}",
+            f"500 or no answer, yet the order exists: {dict(untold_answers)} {some(untold.values())}",
+            f"rows no request explains: {some(self.unexplained)}",
+            f"placed twice (placements on the exchange's record): {some(self.duplicates)}",
+            f"placements on the record missing from the logs: {self.unlogged_successes}",
+            f"dead letters: {some(self.dead_letters)}",
             f"interrupted placements: {len(self.exchange.interrupted)}",
             f"201s sent after the fault ended: {self.created_after_fault}",
             f"seconds to answer a 500: {self._latencies(500)}",
             f"requests not answered 201 were sent {self._failure_window()}",
             f"answers other than 201 and 500: {dict(unusual)}",
+            f"service stopped by itself: {self.stop_failure or 'yes'}",
         ]
         return "\n".join(parts)

@@ -1,11 +1,21 @@
-"""Dramatiq entry point with an exchange outage to switch on: ``dramatiq tests.faults.outage_workers``.
+"""The fault suite's Dramatiq entry point: ``dramatiq tests.faults.outage_workers``.
 
-The production wiring (``workers.bootstrap.bootstrap``) with one change: while the file named by
-``FAULTS_EXCHANGE_OUTAGE_MARKER`` exists, every call to the exchange fails with
-``OrderPlacementError``, as a real exchange's outage would; otherwise the call goes to
-``workers.bootstrap.logged_exchange``, the stand-in the other scenarios use. The fault suite's
-exchange-outage scenario and ``make bench`` create and delete the file to start and end the
-outage, so no production code knows about faults. Like ``workers.main``, the wiring runs at
+The production wiring (``workers.bootstrap.bootstrap``) with the stand-in exchange
+(``orders_api.stock_exchange.place_order``, unchanged) wrapped twice, so that no production code
+knows about faults:
+
+- **The exchange's own record.** When ``FAULTS_PLACEMENTS_FILE`` names a file, every placement
+  the exchange accepted is appended to it as one line, ``<order id> <Unix time> <pid>``, and
+  synced to disk after the exchange's call returns and before the wrapper does. Log lines can be
+  missed (a worker killed before writing one, a line lost in a pipe); this record cannot miss a
+  placement that the worker went on to act on, so the suite counts placements and duplicates
+  from it. The calls are logged as ``workers.bootstrap.logged_exchange`` logs them (``exchange
+  call for order <id>``, ``exchange placed order <id>``), for the checks that read the logs.
+- **An exchange outage to switch on.** While the file named by ``FAULTS_EXCHANGE_OUTAGE_MARKER``
+  exists, every call fails with ``OrderPlacementError``, as a real exchange's outage would. The
+  exchange-outage scenario and ``make bench`` create and delete the file.
+
+Without either variable the wrapper is left out. Like ``workers.main``, the wiring runs at
 import, once in each worker process.
 """
 
@@ -13,31 +23,60 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
+from orders_api import stock_exchange
 from orders_api.domain import Order
 from orders_api.service_layer.placement import Exchange
 from orders_api.stock_exchange import OrderPlacementError
-from tests.faults.harness import OUTAGE_MARKER_ENV
+from tests.faults.harness import OUTAGE_MARKER_ENV, PLACEMENTS_FILE_ENV
 from workers.bootstrap import bootstrap, logged_exchange
 from workers.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 
-def exchange_with_outage(marker: Path) -> Exchange:
-    """The logged stand-in exchange, failing every call while ``marker`` exists."""
+def recorded_exchange(record: Path) -> Exchange:
+    """The logged stand-in exchange, appending each placement it accepted to ``record``, synced.
+
+    ``O_APPEND`` makes each line one write at the end of the file, so the processes of a run
+    (and of a restarted run) share it without tearing lines; ``fsync`` makes the line outlive a
+    SIGKILL that follows the call at once. The order id goes first in the line, the time the
+    exchange answered after it.
+    """
+    descriptor = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def place(order: Order) -> None:
+        logger.info("exchange call for order %s", order.id)
+        stock_exchange.place_order(order)
+        os.write(descriptor, f"{order.id} {time.time():.6f} {os.getpid()}\n".encode("ascii"))
+        os.fsync(descriptor)
+        logger.info("exchange placed order %s", order.id)
+
+    return place
+
+
+def exchange_with_outage(marker: Path, exchange: Exchange = logged_exchange) -> Exchange:
+    """``exchange``, failing every call while ``marker`` exists."""
 
     def place(order: Order) -> None:
         if marker.exists():
             # Logged like a real call, so that calls still match the order's attempts.
             logger.info("exchange call for order %s refused: outage", order.id)
             raise OrderPlacementError("exchange outage (fault injection)")
-        logged_exchange(order)
+        exchange(order)
 
     return place
 
 
-broker = bootstrap(
-    WorkerSettings.from_env(), exchange=exchange_with_outage(Path(os.environ[OUTAGE_MARKER_ENV]))
-)
+def fault_exchange(environ: Mapping[str, str]) -> Exchange:
+    """The exchange the environment asks for: recorded, with an outage switch, or both."""
+    record = environ.get(PLACEMENTS_FILE_ENV)
+    exchange = recorded_exchange(Path(record)) if record else logged_exchange
+    marker = environ.get(OUTAGE_MARKER_ENV)
+    return exchange_with_outage(Path(marker), exchange) if marker else exchange
+
+
+broker = bootstrap(WorkerSettings.from_env(), exchange=fault_exchange(os.environ))

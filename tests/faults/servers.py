@@ -7,6 +7,10 @@ temporary directory, and restarts only those. Both run under the service's own O
 (``postgres``, ``rabbitmq``) when the suite runs as root, since ``initdb`` refuses root and
 Debian's RabbitMQ scripts switch to ``rabbitmq`` (whose Erlang cookie ``rabbitmqctl`` then
 shares). A server that does not come up fails loudly with the tail of its log.
+
+Either server can also be *frozen*: SIGSTOP to each of its OS processes, SIGCONT to all of them
+when the block ends, whatever ends it. A frozen server keeps its sockets open and its kernel
+still accepts connections, but nothing answers: the fault that only client-side timeouts notice.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ COMMAND_MARGIN_S = 15
 LOG_TAIL_LINES = 40
 #: The RabbitMQ user the suite connects as: RabbitMQ's default, allowed from the loopback only.
 RABBITMQ_USER = ("guest", "guest")
+#: Seconds each process has to reach the stopped state after SIGSTOP (one in uninterruptible
+#: sleep, say an fsync, stops only once that ends).
+FREEZE_TIMEOUT_S = 5.0
+#: Processes never frozen even when they descend from a frozen server: the Erlang port mapper,
+#: which the private node shares with the machine's own node.
+NEVER_FROZEN = frozenset({"epmd"})
 
 
 class ServerError(AssertionError):
@@ -91,6 +101,69 @@ def _run(command: list[str], timeout_s: float, env: dict[str, str] | None = None
     if finished.returncode != 0:
         raise ServerError(f"{' '.join(command)} exited with {finished.returncode}:\n{output}")
     return output
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux: ``/proc/<pid>/task/*/children``)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            children.extend(int(child) for child in (task / "children").read_text().split())
+    return children
+
+
+def _command_name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (``T`` stopped, ``Z`` zombie...), ``None`` once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    # The command name, in parentheses, may itself hold spaces and parentheses.
+    return stat[stat.rindex(")") + 2]
+
+
+def _await_stopped(pid: int, deadline: float) -> None:
+    while (state := _state(pid)) not in (None, "T", "t", "Z", "X"):
+        if time.monotonic() >= deadline:
+            raise ServerError(f"process {pid} ({_command_name(pid)}) still in state {state} after SIGSTOP")
+        time.sleep(0.01)
+
+
+@contextmanager
+def process_tree_frozen(root_pid: int) -> Iterator[list[int]]:
+    """SIGSTOP ``root_pid`` and every process descending from it for the block; SIGCONT them after.
+
+    Each process is stopped, and seen stopped, before its children are listed, so none can fork
+    one unseen. Whatever ends the block (its end, an exception, a failed freeze), every process
+    stopped gets SIGCONT. Yields the pids stopped, root first.
+    """
+    stopped: list[int] = []
+    try:
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        to_stop = [root_pid]
+        while to_stop:
+            pid = to_stop.pop(0)
+            if pid in stopped or _command_name(pid) in NEVER_FROZEN:
+                continue
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue  # exited meanwhile: nothing to freeze
+            stopped.append(pid)
+            _await_stopped(pid, deadline)
+            to_stop.extend(child_pids(pid))
+        yield stopped
+    finally:
+        for pid in stopped:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def postgres_bindir() -> Path:
@@ -164,6 +237,25 @@ class PrivatePostgres:
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: ``fast`` aborts open transactions and closes every connection."""
         self._pg_ctl("-m", mode, "stop")
+
+    @property
+    def postmaster_pid(self) -> int:
+        """The running postmaster's pid, from the first line of ``postmaster.pid``."""
+        pid_file = self._data / "postmaster.pid"
+        try:
+            return int(pid_file.read_text(encoding="utf-8").splitlines()[0])
+        except (OSError, ValueError, IndexError) as error:
+            raise ServerError(f"no running postmaster: cannot read {pid_file}: {error}") from error
+
+    @contextmanager
+    def frozen(self) -> Iterator[list[int]]:
+        """The whole cluster stopped by SIGSTOP for the block: postmaster, backends, background processes.
+
+        Clients' connections stay open and new ones are accepted by the kernel, but no statement
+        is answered; after the block every statement in flight goes on, COMMITs included.
+        """
+        with process_tree_frozen(self.postmaster_pid) as pids:
+            yield pids
 
     def shut_down(self) -> None:
         """Stop the server if it runs, at once; if ``pg_ctl`` cannot, SIGQUIT (immediate shutdown) it."""
@@ -280,6 +372,31 @@ class PrivateRabbitMQ:
         """Stop the RabbitMQ application; the Erlang node stays up, every connection is closed."""
         self.rabbitmqctl("stop_app")
 
+    @property
+    def os_pid(self) -> int:
+        """The OS pid of the node's Erlang VM (``beam.smp``), from its pid file."""
+        try:
+            return int(self._pid_file.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError) as error:
+            raise ServerError(
+                f"node {self.node} is not running: cannot read {self._pid_file}: {error}"
+            ) from error
+
+    @contextmanager
+    def frozen(self) -> Iterator[list[int]]:
+        """The node stopped by SIGSTOP for the block: its Erlang VM and the VM's helpers
+        (``erl_child_setup``, ``inet_gethost``), never the shared ``epmd``.
+
+        AMQP and HTTP connections stay open and nothing answers: no confirm, no ack, no delivery,
+        until the block ends or a client's heartbeat timeout gives up on the connection.
+        """
+        with process_tree_frozen(self.os_pid) as pids:
+            yield pids
+
+    def stop_node(self) -> None:
+        """Stop the whole node, Erlang VM included, and wait until its OS process has exited."""
+        self.rabbitmqctl("stop", str(self._pid_file))
+
     def start_app(self) -> None:
         """Start the RabbitMQ application again and wait until it, and its management API, run."""
         self.rabbitmqctl("start_app")
@@ -294,7 +411,7 @@ class PrivateRabbitMQ:
         if not self._pid_file.exists():
             return
         try:
-            self.rabbitmqctl("stop", str(self._pid_file))
+            self.stop_node()
         except ServerError:
             with suppress(OSError, ValueError):
                 os.kill(int(self._pid_file.read_text(encoding="utf-8").strip()), signal.SIGKILL)
