@@ -40,7 +40,7 @@ test-integration: install services ## The service layer and adapters against rea
 test-e2e: install services ## Real gunicorn and dramatiq processes over HTTP
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-test-faults: install ## Fault injection (~5 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
+test-faults: install ## Fault injection (~10 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
 	$(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
 
 bench: install services ## Benchmark the service against this machine's limits (a few minutes); see docs/benchmarks.md

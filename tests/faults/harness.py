@@ -66,13 +66,8 @@ FAST_RETRIES = {"PLACEMENT_MIN_BACKOFF_MS": "200", "PLACEMENT_MAX_BACKOFF_MS": "
 #: A 2 s placement time limit and a 4 s claim lease, for the scenario that leaves claims
 #: behind (killed workers).
 SHORT_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "2000", "CLAIM_LEASE_MS": "4000"}
-#: A 10 s placement time limit (20 s lease): a worker that lost the database after the exchange
-#: answered keeps retrying to record the placement for about 9 s, which outlasts the outage,
-#: while claims left by failures to release still expire within the settling time.
-OUTAGE_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "10000"}
-#: Settings of the scenarios whose outage outlasts the service's own timeouts: a 10 s placement
-#: time limit and a 10 s claim lease (``CLAIM_LEASE_MS``; code without that setting derives the
-#: lease from the time limit, 20 s), so that a 25-30 s outage lasts longer than twice each.
+#: Settings of the database scenarios: a 10 s placement time limit and a 10 s claim lease, so
+#: that a 25-30 s outage lasts longer than twice each.
 LONG_OUTAGE_LIMITS = {"PLACEMENT_TIME_LIMIT_MS": "10000", "CLAIM_LEASE_MS": "10000"}
 #: Requests the API works on at once (gunicorn threads): the most whose ``COMMIT`` one cut of
 #: the database's connections can leave unknowable, if each process has one batch in flight.

@@ -35,7 +35,8 @@ _FAILED = re.compile(rf"Failed to process message \w+\('{_ID}'\)")
 #: Column titles of the ledger table (docs/fault-injection.md shows the same).
 HEADER = (
     "| scenario | sent | 201 | 4xx | 500 | other/timeout | placed | failed | pending | ambiguous "
-    "| 500 whose order exists | placed twice | max s 201→placed | s fault end→last placed "
+    "| 500 whose order exists | no answer, order exists | placed twice | max s 201→placed "
+    "| s fault end→last placed "
     "| dead letters | fault s |"
 )
 #: The Markdown rule under :data:`HEADER`.
@@ -222,19 +223,32 @@ class Ledger:
         """Rows whose id no client was given: commits whose outcome the client never learnt."""
         return self.rows.keys() - self.created_ids
 
-    @property
-    def untold(self) -> dict[int, str]:
-        """Requests answered ``500`` or not at all whose order exists, by request index.
-
-        The client was told its order failed, or nothing, yet the order was committed (and will
-        be placed): a ``COMMIT`` whose outcome the API lost, or work done after the answer.
-        """
+    def _stored_among(self, statuses: tuple[int | None, ...]) -> dict[int, str]:
+        """Requests whose answer had one of ``statuses`` yet whose order exists, by request index."""
         order_of_request = {request_index(row.quantity): order_id for order_id, row in self.rows.items()}
         return {
             answer["index"]: order_of_request[answer["index"]]
             for answer in self.answers
-            if answer["status"] in (500, None) and answer["index"] in order_of_request
+            if answer["status"] in statuses and answer["index"] in order_of_request
         }
+
+    @property
+    def refused_yet_stored(self) -> dict[int, str]:
+        """Requests answered ``500`` whose order exists: the client was told "not placed", wrongly.
+
+        Only a ``COMMIT`` whose outcome the API could not learn in time may cause one.
+        """
+        return self._stored_among((500,))
+
+    @property
+    def unanswered_yet_stored(self) -> dict[int, str]:
+        """Requests the client gave up on (its own timeout) whose order exists: it was told nothing."""
+        return self._stored_among((None,))
+
+    @property
+    def untold(self) -> dict[int, str]:
+        """Requests answered ``500`` or not at all whose order exists, by request index."""
+        return {**self.refused_yet_stored, **self.unanswered_yet_stored}
 
     @property
     def unexplained(self) -> set[str]:
@@ -290,7 +304,8 @@ class Ledger:
             self.statuses["failed"],
             self.statuses["pending"],
             len(self.ambiguous),
-            len(self.untold),
+            len(self.refused_yet_stored),
+            len(self.unanswered_yet_stored),
             len(self.duplicates),
             f"{self.max_to_placed_s:.1f}",
             "—" if to_last is None else f"{to_last:.1f}",
