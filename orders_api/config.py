@@ -37,6 +37,11 @@ class Settings:
     #: connection): above ``statement_timeout``, so it only fires when the server cannot enforce
     #: that itself (frozen or cut off); see :mod:`orders_api.adapters.database`.
     db_reply_timeout_s: float = 5.0
+    #: Seconds a request without an ``Idempotency-Key`` waits for a group commit to take its
+    #: order; past it the order is withdrawn, never to be committed, and the answer is ``500``.
+    #: Below clients' usual timeouts, so that a stuck database still gets them an answer: only
+    #: the orders of a batch already running wait longer, for its outcome.
+    group_commit_wait_s: float = 5.0
     #: Seconds to wait for a free connection from the pool.
     pool_timeout_s: float = 2.0
     #: Connections each API process may open to PostgreSQL: one per request thread
@@ -70,6 +75,7 @@ class Settings:
                 env.get("IDLE_IN_TRANSACTION_TIMEOUT_MS", defaults.idle_in_transaction_timeout_ms)
             ),
             db_reply_timeout_s=float(env.get("DB_REPLY_TIMEOUT_S", defaults.db_reply_timeout_s)),
+            group_commit_wait_s=float(env.get("GROUP_COMMIT_WAIT_S", defaults.group_commit_wait_s)),
             pool_timeout_s=float(env.get("DB_POOL_TIMEOUT_S", defaults.pool_timeout_s)),
             db_pool_size=int(env.get("DB_POOL_SIZE", defaults.db_pool_size)),
             db_pool_pre_ping=env.get("DB_POOL_PRE_PING", "1" if defaults.db_pool_pre_ping else "0") == "1",

@@ -27,9 +27,6 @@ from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 MAX_BODY_BYTES = 16 * 1024
 #: Most orders one group commit stores together; a process rarely has more requests in flight.
 ORDERS_PER_COMMIT = 64
-#: Seconds a request waits for its group commit at most: a safety net above what one batch can
-#: take (pool wait, statement and confirm timeouts) with one batch ahead of it.
-GROUP_COMMIT_WAIT_S = 30.0
 
 db = SQLAlchemy(metadata=metadata)
 
@@ -74,7 +71,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
         intake=GroupCommit(
             lambda batch: accept_orders(batch, unit_of_work(), placements),
             max_batch=ORDERS_PER_COMMIT,
-            wait_s=GROUP_COMMIT_WAIT_S,
+            wait_s=settings.group_commit_wait_s,
         ),
     )
     app.extensions["orders.publisher"] = publisher

@@ -70,7 +70,13 @@ PATIENT_API = ProcessOptions(
     web_threads=16,
     worker_processes=1,
     worker_threads=4,
-    extra_env={"DB_POOL_SIZE": "16", "DB_POOL_TIMEOUT_S": "20", "STATEMENT_TIMEOUT_MS": "20000"},
+    extra_env={
+        "DB_POOL_SIZE": "16",
+        "DB_POOL_TIMEOUT_S": "20",
+        "STATEMENT_TIMEOUT_MS": "20000",
+        "DB_REPLY_TIMEOUT_S": "25",
+        "GROUP_COMMIT_WAIT_S": "30",
+    },
 )
 #: Few placement threads (2 x 4), so that most orders still wait in the queue at SIGTERM.
 FEW_PLACEMENT_THREADS = ProcessOptions(worker_processes=2, worker_threads=4)

@@ -69,9 +69,6 @@ SHORT_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "2000", "CLAIM_LEASE_MS": "4000"}
 #: Settings of the database scenarios: a 10 s placement time limit and a 10 s claim lease, so
 #: that a 25-30 s outage lasts longer than twice each.
 LONG_OUTAGE_LIMITS = {"PLACEMENT_TIME_LIMIT_MS": "10000", "CLAIM_LEASE_MS": "10000"}
-#: Requests the API works on at once (gunicorn threads): the most whose ``COMMIT`` one cut of
-#: the database's connections can leave unknowable, if each process has one batch in flight.
-REQUESTS_IN_FLIGHT = PROCESSES.web_workers * PROCESSES.web_threads
 #: The workers' entry point in every scenario: production wiring, exchange recorded.
 FAULT_WORKERS_MODULE = "tests.faults.outage_workers"
 #: Environment variable naming the file whose existence means "the exchange is down" to the

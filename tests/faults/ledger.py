@@ -246,6 +246,16 @@ class Ledger:
         return self._stored_among((None,))
 
     @property
+    def unanswered_stored_after_fault(self) -> dict[int, str]:
+        """Of :attr:`unanswered_yet_stored`, the requests sent after the fault had ended."""
+        sent_at = {answer["index"]: answer["sent_at"] for answer in self.answers}
+        return {
+            index: order_id
+            for index, order_id in self.unanswered_yet_stored.items()
+            if sent_at[index] > self.fault_ended_at
+        }
+
+    @property
     def untold(self) -> dict[int, str]:
         """Requests answered ``500`` or not at all whose order exists, by request index."""
         return {**self.refused_yet_stored, **self.unanswered_yet_stored}
