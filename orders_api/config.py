@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 #: Where orders are stored. The database is created if it does not exist.
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
-#: The broker; ``%2F`` is the default vhost.
+#: The broker; ``%2F`` is the default vhost. A cluster is several nodes' URLs separated by ``;``
+#: (Dramatiq's notation, read by :mod:`orders_api.adapters.rabbitmq_nodes`): every client
+#: connects to the first node that answers and moves to another when its node goes away.
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: The queue holding one message per order still to be placed on the exchange.
 DEFAULT_PLACEMENT_QUEUE = "order-placement"

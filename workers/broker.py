@@ -11,6 +11,7 @@ from dramatiq.common import dq_name, xq_name
 from dramatiq.middleware import CurrentMessage, ShutdownNotifications
 
 from orders_api.adapters.placement_queue import queue_declarations
+from orders_api.adapters.rabbitmq_nodes import URL_SEPARATOR, node_urls
 from workers.liveness import WorkerLiveness
 from workers.requeue import RequeuingConsumer
 from workers.retries import DeadLetteringRetries, GiveUpHandler
@@ -24,11 +25,17 @@ BLOCKED_CONNECTION_TIMEOUT_S = 30
 
 
 def bounded_url(url: str, connect_timeout_s: float) -> str:
-    """``url`` with pika's connection timeouts set, unless the URL already sets them.
+    """``url`` with pika's connection timeouts set on each node's URL, unless that URL already sets them.
 
     Without them a server that accepts TCP but never completes the AMQP handshake stalls a
-    worker for pika's 15 s default, and a blocked connection stalls it forever.
+    worker for pika's 15 s default, and a blocked connection stalls it forever. ``url`` may name
+    several nodes, separated by ``;`` (:mod:`orders_api.adapters.rabbitmq_nodes`); Dramatiq's
+    broker then connects to the first that answers, so each node's attempt must be bounded.
     """
+    return URL_SEPARATOR.join(_bounded_node_url(node, connect_timeout_s) for node in node_urls(url))
+
+
+def _bounded_node_url(url: str, connect_timeout_s: float) -> str:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     query.setdefault("socket_timeout", str(connect_timeout_s))

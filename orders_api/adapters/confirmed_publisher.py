@@ -4,6 +4,8 @@ One asynchronous pika connection per process, driven by its own I/O thread, serv
 thread: publishes from many threads share one connection and their confirms arrive in windows,
 heartbeats are answered even while the API is idle, and each caller waits on a future with a
 deadline, so neither a dead nor a blocked broker can hold a request for longer than the timeouts.
+The URL may name the nodes of a cluster (:mod:`orders_api.adapters.rabbitmq_nodes`): the
+connection goes to the first that answers, and once it is lost, to the next.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import pika
 import pika.channel
 import pika.frame
 import pika.spec
-from pika.adapters.select_connection import SelectConnection
+from pika.adapters.select_connection import IOLoop, SelectConnection
+
+from orders_api.adapters.rabbitmq_nodes import after, connection_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +82,8 @@ class ConfirmedPublisher:
         confirm_timeout_s: float,
     ) -> None:
         self._url = url
+        #: Index, in the URL's nodes, of the node that served the last connection.
+        self._last_node: int | None = None
         self._declarations = tuple(declarations)
         self._connect_timeout_s = connect_timeout_s
         self._confirm_timeout_s = confirm_timeout_s
@@ -90,7 +96,10 @@ class ConfirmedPublisher:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._ready = threading.Event()
+        self._ioloop: IOLoop | None = None
         self._connection: SelectConnection | None = None
+        #: ``host:port`` of the node the connection is to, for the log.
+        self._node = ""
         self._healthy = True
         self._channel: pika.channel.Channel | None = None
         self._last_tag = 0
@@ -115,12 +124,12 @@ class ConfirmedPublisher:
         self._ensure_started()
         if not self._ready.wait(self._connect_timeout_s):
             raise PublishError("RabbitMQ is not reachable")
-        connection = self._connection
-        if connection is None:
+        ioloop = self._ioloop
+        if ioloop is None:
             raise PublishError("RabbitMQ is not reachable")
         confirms: list[Future[None]] = [Future() for _ in messages]
         try:
-            connection.ioloop.add_callback_threadsafe(partial(self._publish_all_in_loop, messages, confirms))
+            ioloop.add_callback_threadsafe(partial(self._publish_all_in_loop, messages, confirms))
         except Exception as error:
             raise PublishError(f"cannot hand the messages to the I/O thread: {error}") from error
         deadline = time.monotonic() + self._confirm_timeout_s
@@ -149,10 +158,10 @@ class ConfirmedPublisher:
         if thread is None or self._pid != os.getpid():
             return
         self._stopping.set()
-        connection = self._connection
-        if connection is not None:
+        ioloop = self._ioloop
+        if ioloop is not None:
             try:
-                connection.ioloop.add_callback_threadsafe(self._close_in_loop)
+                ioloop.add_callback_threadsafe(self._close_in_loop)
             except Exception:
                 logger.debug("publisher connection already gone at close", exc_info=True)
         thread.join(timeout=self._connect_timeout_s + 1)
@@ -167,46 +176,61 @@ class ConfirmedPublisher:
                 self._thread = threading.Thread(target=self._run, name="rabbitmq-publisher", daemon=True)
                 self._thread.start()
 
-    def _parameters(self) -> pika.URLParameters:
-        parameters = pika.URLParameters(self._url)
-        parameters.socket_timeout = self._connect_timeout_s
-        parameters.stack_timeout = self._connect_timeout_s * 2
-        parameters.connection_attempts = 1
-        parameters.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_S
-        parameters.client_properties = {"connection_name": f"orders-api publisher pid={os.getpid()}"}
-        return parameters
+    def _parameters(self) -> list[pika.URLParameters]:
+        """Each node's parameters, in the URL's order."""
+        return connection_parameters(
+            self._url,
+            connect_timeout_s=self._connect_timeout_s,
+            blocked_connection_timeout_s=BLOCKED_CONNECTION_TIMEOUT_S,
+            connection_name=f"orders-api publisher pid={os.getpid()}",
+        )
 
     def _run(self) -> None:
-        """Own the connection: open it, run its I/O loop, and reopen it whenever it is lost."""
+        """Own the connection: open it to the first node that answers, run its loop, reopen it when lost."""
         while not self._stopping.is_set():
+            ioloop = IOLoop()
+            self._ioloop = ioloop
             try:
-                connection = SelectConnection(
-                    self._parameters(),
-                    on_open_callback=self._on_connection_open,
-                    on_open_error_callback=self._on_connection_open_error,
-                    on_close_callback=self._on_connection_closed,
+                nodes = self._parameters()
+                SelectConnection.create_connection(
+                    after(nodes, self._last_node),
+                    partial(self._on_connection_done, ioloop, nodes),
+                    custom_ioloop=ioloop,
                 )
-                self._connection = connection
-                try:
-                    connection.ioloop.start()
-                finally:
-                    self._ready.clear()
-                    self._connection = None
-                    connection.ioloop.close()
+                ioloop.start()
             except Exception:
                 logger.exception("publisher I/O loop crashed")
+            finally:
+                self._ready.clear()
+                self._connection = None
+                self._ioloop = None
+                ioloop.close()
             self._fail_unconfirmed("the connection to RabbitMQ was lost before the confirm")
             self._stopping.wait(RECONNECT_DELAY_S)
 
-    def _on_connection_open(self, connection: SelectConnection) -> None:
+    def _on_connection_done(
+        self, ioloop: IOLoop, nodes: list[pika.URLParameters], outcome: SelectConnection | BaseException
+    ) -> None:
+        """The nodes were tried in turn: take the connection to the first that answered, or retry later."""
+        if isinstance(outcome, BaseException):
+            if not self._stopping.is_set():
+                # Warn once per outage rather than on every reconnect attempt.
+                level = logging.WARNING if self._healthy else logging.DEBUG
+                where = ", ".join(f"{node.host}:{node.port}" for node in nodes)
+                logger.log(level, "cannot connect to RabbitMQ at %s: %r", where, outcome)
+                self._healthy = False
+            ioloop.stop()
+            return
+        connection = outcome
+        self._connection = connection
+        connection.add_on_close_callback(self._on_connection_closed)
+        if self._stopping.is_set():
+            connection.close()
+            return
+        host, port = connection.params.host, connection.params.port
+        self._last_node = next(i for i, node in enumerate(nodes) if (node.host, node.port) == (host, port))
+        self._node = f"{host}:{port}"
         connection.channel(on_open_callback=self._on_channel_open)
-
-    def _on_connection_open_error(self, connection: SelectConnection, error: BaseException) -> None:
-        # Warn once per outage rather than on every reconnect attempt.
-        level = logging.WARNING if self._healthy else logging.DEBUG
-        logger.log(level, "cannot connect to RabbitMQ: %r", error)
-        self._healthy = False
-        connection.ioloop.stop()
 
     def _on_connection_closed(self, connection: SelectConnection, reason: BaseException) -> None:
         if not self._stopping.is_set():
@@ -239,7 +263,7 @@ class ConfirmedPublisher:
         if channel is None:
             return
         if index == len(self._declarations):
-            logger.info("publisher connected to RabbitMQ with confirms on")
+            logger.info("publisher connected to RabbitMQ at %s with confirms on", self._node)
             self._healthy = True
             self._ready.set()
             return
@@ -333,9 +357,16 @@ class ConfirmedPublisher:
                 waiting.future.set_exception(PublishError(reason))
 
     def _close_in_loop(self) -> None:
-        """Close the connection, aborting it if it is still opening; its callbacks then stop the loop."""
+        """Close the connection, whose callback then stops the loop; or stop the loop if none is open yet.
+
+        A connection still being opened is left to the garbage collector: pika 1.4's connection
+        workflow fails an assertion when aborted once a node has accepted the TCP connection.
+        """
         connection = self._connection
         if connection is None:
+            ioloop = self._ioloop
+            if ioloop is not None:
+                ioloop.stop()
             return
         if connection.is_closed:
             connection.ioloop.stop()

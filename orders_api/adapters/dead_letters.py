@@ -6,7 +6,8 @@ and, on the same channel, from the next ``basic.get``, so one pass never sees a 
 Closing the connection hands back whatever was not acknowledged, in its place; a message is
 removed only by acknowledging it. The count of messages at the start of the pass bounds it, so
 messages dead-lettered meanwhile wait for the next pass. Every wait on the broker is bounded:
-connect and handshake by ``connect_timeout_s``, anything after by heartbeats.
+connect and handshake by ``connect_timeout_s``, anything after by heartbeats. A URL naming
+several nodes (:mod:`orders_api.adapters.rabbitmq_nodes`) is served by the first that answers.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import pika
 import pika.exceptions
 from dramatiq.common import xq_name
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from pika.spec import BasicProperties
 
 from orders_api.adapters.placement_queue import PLACE_ORDER_ACTOR
+from orders_api.adapters.rabbitmq_nodes import connection_parameters
 from orders_api.service_layer.dead_letters import DeadLetter, DeadLetterQueueError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ HEARTBEAT_S = 10
 BLOCKED_CONNECTION_TIMEOUT_S = 10.0
 
 _BROKER_ERRORS = (pika.exceptions.AMQPError, OSError)
+#: What opening a connection may raise besides: pika lets a handshake timeout out as its own.
+_CONNECT_ERRORS = (*_BROKER_ERRORS, AMQPConnectorException)
 
 
 def dead_letter_queue_name(placement_queue: str) -> str:
@@ -68,7 +73,7 @@ class RabbitDeadLetterQueue:
         """
         try:
             connection = pika.BlockingConnection(self._parameters())
-        except _BROKER_ERRORS as error:
+        except _CONNECT_ERRORS as error:
             raise DeadLetterQueueError(f"cannot connect to RabbitMQ: {error!r}") from error
         try:
             try:
@@ -100,15 +105,15 @@ class RabbitDeadLetterQueue:
             )
         return min(count, self._max_messages)
 
-    def _parameters(self) -> pika.URLParameters:
-        parameters = pika.URLParameters(self._url)
-        parameters.socket_timeout = self._connect_timeout_s
-        parameters.stack_timeout = 2 * self._connect_timeout_s
-        parameters.connection_attempts = 1
-        parameters.heartbeat = HEARTBEAT_S
-        parameters.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT_S
-        parameters.client_properties = {"connection_name": f"orders dead-letter tool pid={os.getpid()}"}
-        return parameters
+    def _parameters(self) -> list[pika.URLParameters]:
+        """Each node's parameters, in the URL's order: pika connects to the first that answers."""
+        return connection_parameters(
+            self._url,
+            connect_timeout_s=self._connect_timeout_s,
+            blocked_connection_timeout_s=BLOCKED_CONNECTION_TIMEOUT_S,
+            connection_name=f"orders dead-letter tool pid={os.getpid()}",
+            heartbeat_s=HEARTBEAT_S,
+        )
 
 
 class HeldMessages:

@@ -1,0 +1,94 @@
+"""A RabbitMQ cluster node dies under a steady stream of orders: the service carries on with the others.
+
+``RABBITMQ_URL`` lists the three nodes of a private cluster (``tests.faults.cluster``); the API's
+publisher, the workers and the queue declarations all go through it. Once the stream is under
+way, the node leading the placement queue, the one every client connected to first, is
+SIGKILLed. The checks are those of every scenario (``tests.faults.test_fault_scenarios.check``:
+every 201 placed, none placed twice, 201s again after the fault), plus: before the kill the
+queue had a member on each node and clients on the leader; after it, a new leader on a node
+that lives.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orders_api.adapters.schema import upgrade
+from orders_api.config import Settings
+from tests.faults.cluster import PrivateRabbitMQCluster, private_rabbitmq_cluster
+from tests.faults.harness import FAULT_AFTER_ANSWERS, FaultRun
+from tests.faults.servers import PrivatePostgres
+from tests.faults.test_fault_scenarios import check
+from tests.rabbitmq_admin import RabbitAdmin
+
+pytestmark = pytest.mark.faults
+
+#: Seconds the surviving nodes have to elect a new leader for the placement queue.
+ELECTION_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def cluster() -> Iterator[PrivateRabbitMQCluster]:
+    """Three private RabbitMQ nodes in one cluster, removed after the scenario."""
+    with private_rabbitmq_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_run(
+    postgres_server: PrivatePostgres, cluster: PrivateRabbitMQCluster, tmp_path: Path
+) -> FaultRun:
+    """A migrated database of its own on the private PostgreSQL and a vhost on the cluster."""
+    name = f"faults_cluster_{uuid.uuid4().hex[:6]}"
+    database_url = f"{postgres_server.url}/{name}"
+    upgrade(database_url)
+    admin = RabbitAdmin(name, cluster.nodes[0].management_url)
+    admin.create_vhost()
+    settings = Settings(
+        database_url=database_url, rabbitmq_url=cluster.url(name), placement_queue="order-placement"
+    )
+    return FaultRun(settings, postgres_server, cluster.nodes[0], admin, tmp_path)
+
+
+def test_orders_survive_the_rabbitmq_node_leading_the_placement_queue_killed_mid_stream(
+    cluster_run: FaultRun, cluster: PrivateRabbitMQCluster, report_ledger: list[str]
+) -> None:
+    vhost, queue = cluster_run.admin.vhost, cluster_run.settings.placement_queue
+    nodes = {node.node for node in cluster.nodes}
+    with cluster_run.service(cluster_run.options()) as service:
+        with cluster_run.load(service) as load:
+            load.wait_for_answers(FAULT_AFTER_ANSWERS)
+            before = cluster.queue(vhost, queue)
+            leader = cluster.node(before["leader"])
+            clients_on_leader = cluster.connections_to(leader)
+            with cluster_run.fault():
+                leader.kill()
+            killed_at = time.monotonic()
+            after = cluster.wait_for(
+                lambda: (
+                    (answer := cluster.queue(vhost, queue)).get("leader") in nodes - {leader.node} and answer
+                ),
+                "a new leader for the placement queue",
+                ELECTION_TIMEOUT_S,
+            )
+            elected_s = time.monotonic() - killed_at
+        cluster_run.wait_until_settled(service)
+    ledger = cluster_run.ledger("SIGKILL the RabbitMQ node leading the queue (1 of 3)", service)
+    report_ledger.append(ledger.row())
+
+    print(
+        f"\nbefore the kill: leader {before['leader']}, members {sorted(before['members'])},"
+        f" {clients_on_leader} client connections on the leader;"
+        f" after: leader {after['leader']} (seen {elected_s:.1f} s after the kill),"
+        f" online {sorted(after['online'])}"
+    )
+    check(ledger)
+    assert set(before["members"]) == nodes, "the placement queue should have a member on every node"
+    assert set(before["online"]) == nodes
+    assert clients_on_leader > 0, "no client was connected to the node killed: no failover was needed"
+    assert set(after["online"]) == nodes - {leader.node}
