@@ -15,12 +15,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
+import pika
 import pytest
 
+from orders_api.adapters.placement_queue import queue_declarations
 from orders_api.adapters.schema import upgrade
 from orders_api.config import Settings
-from tests.faults.cluster import PrivateRabbitMQCluster, private_rabbitmq_cluster
+from tests.faults.cluster import ClusterNode, PrivateRabbitMQCluster, private_rabbitmq_cluster
 from tests.faults.harness import FAULT_AFTER_ANSWERS, FaultRun
 from tests.faults.servers import PrivatePostgres
 from tests.faults.test_fault_scenarios import check
@@ -49,10 +52,28 @@ def cluster_run(
     upgrade(database_url)
     admin = RabbitAdmin(name, cluster.nodes[0].management_url)
     admin.create_vhost()
+    _declare_queues_on(cluster.nodes[0], name, "order-placement")
     settings = Settings(
         database_url=database_url, rabbitmq_url=cluster.url(name), placement_queue="order-placement"
     )
     return FaultRun(settings, postgres_server, cluster.nodes[0], admin, tmp_path)
+
+
+def _declare_queues_on(node: ClusterNode, vhost: str, queue: str) -> None:
+    """Declare the placement queues as the service does, over a connection to ``node``.
+
+    A quorum queue's first leader is the node its declaring client is connected to
+    (``client-local``), and the service's clients connect to the first node of the URL: declared
+    from there, the leader the scenario kills is the node the clients use, so that their
+    failover is exercised, not left to which client happened to declare first.
+    """
+    connection = pika.BlockingConnection(pika.URLParameters(f"{node.url}/{quote(vhost, safe='')}"))
+    try:
+        channel = connection.channel()
+        for declaration in queue_declarations(queue):
+            channel.queue_declare(declaration.name, durable=True, arguments=declaration.arguments)
+    finally:
+        connection.close()
 
 
 def test_orders_survive_the_rabbitmq_node_leading_the_placement_queue_killed_mid_stream(
@@ -64,6 +85,7 @@ def test_orders_survive_the_rabbitmq_node_leading_the_placement_queue_killed_mid
         with cluster_run.load(service) as load:
             load.wait_for_answers(FAULT_AFTER_ANSWERS)
             before = cluster.queue(vhost, queue)
+            assert before["leader"] == cluster.nodes[0].node, "the queue should be led where it was declared"
             leader = cluster.node(before["leader"])
             clients_on_leader = cluster.connections_to(leader)
             with cluster_run.fault():
@@ -77,6 +99,9 @@ def test_orders_survive_the_rabbitmq_node_leading_the_placement_queue_killed_mid
                 ELECTION_TIMEOUT_S,
             )
             elected_s = time.monotonic() - killed_at
+        # The ledger reads the dead-letter queue through the management API of a node still up.
+        survivor = cluster.node(after["leader"])
+        cluster_run.admin = RabbitAdmin(vhost, survivor.management_url)
         cluster_run.wait_until_settled(service)
     ledger = cluster_run.ledger("SIGKILL the RabbitMQ node leading the queue (1 of 3)", service)
     report_ledger.append(ledger.row())
