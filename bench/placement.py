@@ -26,6 +26,7 @@ from pathlib import Path
 
 from psycopg2.extensions import connection
 
+from bench.answer_window import windows_ms
 from bench.cpu import rss_mb
 from bench.load import run_wrk
 from bench.sandbox import Sandbox, scalar
@@ -67,6 +68,11 @@ class PlacementResult:
     unplaced: int
     worker_rss_mb: float
     worker_connections: int
+    #: The duplicate window of the step's placements (exchange answered → ``placed`` committed),
+    #: in ms: p50, p99, max (:mod:`bench.answer_window`).
+    window_p50_ms: float
+    window_p99_ms: float
+    window_max_ms: float
 
     @property
     def ideal(self) -> float:
@@ -115,6 +121,7 @@ def measure(
         _drain(database, arrivals, service.workers_pid)
         waits = _waits_ms(database, arrivals)
         unplaced = _unplaced(database, started)
+    windows = windows_ms(log.read_text(encoding="utf-8", errors="replace") for log in service.worker_logs)
     return PlacementResult(
         in_flight=in_flight,
         orders=len(placed_times) + len(waits),
@@ -126,6 +133,9 @@ def measure(
         unplaced=unplaced,
         worker_rss_mb=rss,
         worker_connections=connections,
+        window_p50_ms=percentile(windows, 50),
+        window_p99_ms=percentile(windows, 99),
+        window_max_ms=windows[-1] if windows else math.nan,
     )
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -208,6 +209,19 @@ def _measure(
                     f"201->placed; workers {result.worker_rss_mb:.0f} MB,"
                     f" {result.worker_connections} PG conns"
                 ),
+            )
+        )
+    for result in placements:
+        rows.append(
+            Row(
+                f"duplicate window, {result.in_flight} in flight",
+                None,
+                math.nan,
+                result.window_p50_ms,
+                None,
+                result.window_p99_ms,
+                result.window_max_ms,
+                note="exchange answered -> placed committed (worker logs)",
             )
         )
     figures.update(
