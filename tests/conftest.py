@@ -16,6 +16,7 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 import requests
+from dramatiq.common import dq_name, xq_name
 from psycopg2 import sql
 
 from orders_api.adapters.schema import upgrade
@@ -73,14 +74,17 @@ def rabbitmq_url(rabbit: RabbitAdmin) -> str:
 
 
 @pytest.fixture
-def settings(database_url: str, rabbitmq_url: str, request: pytest.FixtureRequest) -> Settings:
+def settings(
+    database_url: str, rabbitmq_url: str, rabbit: RabbitAdmin, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """Settings for this run's database and vhost, with a placement queue of this test's own.
 
-    The queue is named after the test, in the characters Dramatiq allows in queue names.
+    The queue is named after the test, in the characters Dramatiq allows in queue names. Its
+    three quorum queues are deleted after the test: each holds file descriptors in RabbitMQ,
+    and a run's hundreds of them exhausted the broker's (1,024 here), which then stopped
+    accepting connections for seconds at a time.
     """
     test_name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name)[:80]
-    return Settings(
-        database_url=database_url,
-        rabbitmq_url=rabbitmq_url,
-        placement_queue=f"order-placement.{test_name}.{uuid.uuid4().hex[:6]}",
-    )
+    queue = f"order-placement.{test_name}.{uuid.uuid4().hex[:6]}"
+    yield Settings(database_url=database_url, rabbitmq_url=rabbitmq_url, placement_queue=queue)
+    rabbit.delete_queues_if_present(queue, dq_name(queue), xq_name(queue))

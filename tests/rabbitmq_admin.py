@@ -116,6 +116,17 @@ class RabbitAdmin:
         """Delete queue ``name`` and what it holds, as an operator or a lost node would."""
         self._request("DELETE", f"queues/{self._vhost_path}/{quote(name, safe='')}")
 
+    def delete_queues_if_present(self, *names: str) -> None:
+        """Delete each of ``names`` that exists, with what it holds; missing ones are no error."""
+        for name in names:
+            response = requests.delete(
+                f"{self._management_url}/api/queues/{self._vhost_path}/{quote(name, safe='')}",
+                auth=MANAGEMENT_AUTH,
+                timeout=_TIMEOUT_S,
+            )
+            if response.status_code != 404:
+                response.raise_for_status()
+
     def queue(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request(
             "GET", f"queues/{self._vhost_path}/{quote(name, safe='')}"
