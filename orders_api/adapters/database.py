@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 import sqlalchemy as sa
+from gevent import monkey
+from gevent import socket as gevent_socket
 
 from orders_api.config import Settings
 
@@ -34,15 +38,20 @@ KEEPALIVES_COUNT = 3
 TCP_USER_TIMEOUT_MS = 10_000
 
 
+#: Waits until a descriptor is ready (for reading, or for writing) or some seconds have passed.
+_Wait = Callable[[int, float], None]
+
+
 def bound_database_waits(reply_timeout_s: float) -> None:
     """Make every psycopg2 wait in this process end within ``reply_timeout_s``.
 
     A process-wide wait callback (psycopg2's "green" mode): libpq runs non-blocking and the
-    callback waits on the socket with ``select``, which gevent's monkey-patching makes
-    cooperative, so the same callback also lets the workers' greenlets run while one waits.
-    When the deadline passes, the callback raises ``OperationalError``; psycopg2 then closes the
-    connection, which SQLAlchemy sees as a disconnect and drops from its pool.
+    callback waits on the socket. When the deadline passes it raises ``OperationalError``;
+    psycopg2 then closes the connection, which SQLAlchemy sees as a disconnect and drops from
+    its pool. Under gevent (the workers) it waits with gevent's own socket waits, as psycogreen
+    did, so the other greenlets run meanwhile; elsewhere with ``select``.
     """
+    wait_readable, wait_writable = _socket_waits()
 
     def wait(connection: psycopg2.extensions.connection) -> None:
         deadline = time.monotonic() + reply_timeout_s
@@ -54,13 +63,42 @@ def bound_database_waits(reply_timeout_s: float) -> None:
             if remaining <= 0:
                 raise psycopg2.OperationalError(f"PostgreSQL did not answer within {reply_timeout_s:g} s")
             if state == psycopg2.extensions.POLL_READ:
-                select.select([connection.fileno()], [], [], remaining)
+                wait_readable(connection.fileno(), remaining)
             elif state == psycopg2.extensions.POLL_WRITE:
-                select.select([], [connection.fileno()], [], remaining)
+                wait_writable(connection.fileno(), remaining)
             else:
                 raise psycopg2.OperationalError(f"unexpected poll state {state!r}")
 
     psycopg2.extensions.set_wait_callback(wait)
+
+
+def _socket_waits() -> tuple[_Wait, _Wait]:
+    """Waits for readable and writable sockets: gevent's where gevent has patched the process.
+
+    gevent's monkey-patched ``select`` works too, but builds a watcher and a result for every
+    call; its ``wait_read``/``wait_write`` wait on one watcher, which under the workers' load
+    kept the gap between the exchange's answer and its record at what psycogreen gave
+    (docs/benchmarks.md).
+    """
+    if not monkey.is_module_patched("socket"):
+        return (
+            lambda fd, timeout_s: _ignore(select.select([fd], [], [], timeout_s)),
+            lambda fd, timeout_s: _ignore(select.select([], [fd], [], timeout_s)),
+        )
+
+    def readable(fd: int, timeout_s: float) -> None:
+        with suppress(TimeoutError):
+            gevent_socket.wait_read(fd, timeout=timeout_s)
+
+    def writable(fd: int, timeout_s: float) -> None:
+        with suppress(TimeoutError):
+            gevent_socket.wait_write(fd, timeout=timeout_s)
+
+    return readable, writable
+
+
+def _ignore(_result: object) -> None:
+    """Discard a wait's result: the caller polls the connection again either way."""
 
 
 def sqlalchemy_url(database_url: str) -> sa.URL:

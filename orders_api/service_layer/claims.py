@@ -22,6 +22,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from orders_api.domain import Order
 from orders_api.service_layer.ordering import utc_now
@@ -31,6 +32,13 @@ logger = logging.getLogger(__name__)
 
 #: Renewals per lease: a holder has several chances to renew before its claim runs out.
 RENEWALS_PER_LEASE = 5
+
+
+class _Claim(NamedTuple):
+    """A claim this process holds: the attempt it was taken for, and when its lease ends."""
+
+    attempt: int
+    until: datetime
 
 
 class ClaimKeeper:
@@ -53,8 +61,8 @@ class ClaimKeeper:
         self.lease = lease
         self._now = now
         self._lock = threading.Lock()
-        #: Order id → the attempt (claim) this process holds on it.
-        self._held: dict[uuid.UUID, int] = {}
+        #: Order id → the claim this process holds on it: its attempt, and its lease's end.
+        self._held: dict[uuid.UUID, _Claim] = {}
         #: When the current unbroken run of successful renewals began, and the last of them.
         self._reached_since: datetime | None = None
         self._last_reached: datetime | None = None
@@ -68,12 +76,14 @@ class ClaimKeeper:
     def held(self) -> dict[uuid.UUID, int]:
         """The claims held right now: order id → attempt."""
         with self._lock:
-            return dict(self._held)
+            return {order_id: claim.attempt for order_id, claim in self._held.items()}
 
     def hold(self, claimed: Order) -> None:
         """Keep renewing the claim just taken on ``claimed`` until :meth:`let_go`."""
+        if claimed.claimed_until is None:
+            raise ValueError(f"order {claimed.id} is not claimed")
         with self._lock:
-            self._held[claimed.id] = claimed.attempts
+            self._held[claimed.id] = _Claim(claimed.attempts, claimed.claimed_until)
 
     def let_go(self, order_id: uuid.UUID) -> None:
         """Stop renewing the claim on ``order_id``: its outcome is recorded."""
@@ -81,27 +91,39 @@ class ClaimKeeper:
             self._held.pop(order_id, None)
 
     def renew(self) -> bool:
-        """Extend every held claim by a lease from now; return whether the database answered.
+        """Extend the held claims past half their lease by a lease from now; say if the database answered.
 
-        A renewal also runs with no claim held: it is how the keeper knows the database is there.
+        A claim younger than that is left alone: most placements end within a second, and a
+        renewal would make their record's compare-and-set miss (one more read and write each).
+        Half a lease leaves a renewal that comes late room to come. A renewal also runs with no
+        claim to extend: it is how the keeper knows the database is there.
         """
-        held = self.held
-        until = self._now() + self.lease
+        now = self._now()
+        until = now + self.lease
+        with self._lock:
+            due = {
+                order_id: claim.attempt
+                for order_id, claim in self._held.items()
+                if claim.until - now < self.lease / 2
+            }
         try:
             with self._unit_of_work() as uow:
-                uow.orders.renew_claims(held, until)
+                uow.orders.renew_claims(due, until)
                 uow.commit()
         except Exception as error:
             with self._lock:
                 was_reached, self._last_reached = self._last_reached, None
             if was_reached is not None:
-                logger.warning("cannot renew %d claims: %s: %s", len(held), type(error).__name__, error)
+                logger.warning("cannot renew %d claims: %s: %s", len(due), type(error).__name__, error)
             return False
         reached = self._now()
         with self._lock:
+            for order_id, attempt in due.items():
+                if order_id in self._held:
+                    self._held[order_id] = _Claim(attempt, until)
             if self._last_reached is None or reached - self._last_reached > 2 * self.renew_every:
                 if self._last_reached is None and self._reached_since is not None:
-                    logger.warning("claims renewed again (%d held)", len(held))
+                    logger.warning("claims renewed again (%d held)", len(self._held))
                 self._reached_since = reached
             self._last_reached = reached
         return True

@@ -48,6 +48,21 @@ def test_a_held_claim_is_extended_by_a_lease_from_each_renewal() -> None:
     assert uow.committed[claimed.id].claimed_until == T0 + timedelta(seconds=10) + LEASE
 
 
+def test_a_claim_with_more_than_half_its_lease_left_is_not_renewed_yet() -> None:
+    # Most placements end within a second: renewing them would only make their record's
+    # compare-and-set miss.
+    clock = FakeClock(T0)
+    claimed = make_order(attempts=0).claim(T0, LEASE)
+    uow = FakeUnitOfWork(claimed)
+    keeper = keeper_for(uow, clock)
+    keeper.hold(claimed)
+
+    clock.advance(LEASE / 2 - timedelta(seconds=1))
+    assert keeper.renew()
+
+    assert uow.committed[claimed.id] == claimed
+
+
 def test_a_claim_let_go_is_no_longer_renewed() -> None:
     clock = FakeClock(T0)
     claimed = make_order(attempts=0).claim(T0, LEASE)
