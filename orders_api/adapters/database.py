@@ -42,6 +42,21 @@ TCP_USER_TIMEOUT_MS = 10_000
 _Wait = Callable[[int, float], None]
 
 
+def silent_peer_options() -> dict[str, int]:
+    """Libpq parameters that have the kernel drop a connection whose peer went silent.
+
+    Safe for any connection, a long migration's included: they never end a statement that the
+    server is running, only a connection nobody answers at the TCP level.
+    """
+    return {
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE_S,
+        "keepalives_interval": KEEPALIVES_INTERVAL_S,
+        "keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
+
+
 def bound_database_waits(reply_timeout_s: float) -> None:
     """Make every psycopg2 wait in this process end within ``reply_timeout_s``.
 
@@ -133,11 +148,7 @@ def engine_options(
         "pool_pre_ping": settings.db_pool_pre_ping,
         "connect_args": {
             "connect_timeout": max(1, round(settings.connect_timeout_s)),
-            "keepalives": 1,
-            "keepalives_idle": KEEPALIVES_IDLE_S,
-            "keepalives_interval": KEEPALIVES_INTERVAL_S,
-            "keepalives_count": KEEPALIVES_COUNT,
-            "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+            **silent_peer_options(),
             "options": server_options,
             "application_name": application_name,
         },

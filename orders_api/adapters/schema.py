@@ -10,12 +10,13 @@ import logging
 from pathlib import Path
 
 import psycopg2
+import psycopg2.extensions
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from psycopg2 import errors, sql
 
-from orders_api.adapters.database import sqlalchemy_url
+from orders_api.adapters.database import silent_peer_options, sqlalchemy_url
 from orders_api.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ def ensure_database(database_url: str, *, connect_timeout_s: int = 5) -> bool:
         raise ValueError(f"no database name in {url.render_as_string(hide_password=True)}")
     maintenance = url.set(drivername="postgresql", database="postgres")
     dsn = maintenance.render_as_string(hide_password=False)
-    connection = psycopg2.connect(dsn, connect_timeout=connect_timeout_s)
+    connection = psycopg2.connect(
+        psycopg2.extensions.make_dsn(dsn, **silent_peer_options()), connect_timeout=connect_timeout_s
+    )
     try:
         connection.autocommit = True
         with connection.cursor() as cursor:

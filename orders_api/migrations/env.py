@@ -9,11 +9,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
+from orders_api.adapters.database import silent_peer_options
+
 #: Advisory lock key reserved for schema migrations ("orders" in ASCII).
 MIGRATION_LOCK_KEY = 0x6F7264657273
 
 database_url: sa.URL = context.config.attributes["database_url"]
-engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+# No reply deadline (a migration may rightly run long), but a server gone silent is noticed.
+engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool, connect_args=silent_peer_options())
 with engine.connect() as connection:
     connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     connection.commit()
