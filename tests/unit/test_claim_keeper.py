@@ -25,6 +25,16 @@ def keeper_for(uow: FakeUnitOfWork, clock: FakeClock) -> ClaimKeeper:
     return ClaimKeeper(lambda: uow, LEASE, now=clock)
 
 
+def holding_a_claim() -> tuple[FakeClock, Order, FakeUnitOfWork, ClaimKeeper]:
+    """A keeper holding a claim taken at T0 on a stored order, with the clock at T0."""
+    clock = FakeClock(T0)
+    claimed = make_order(attempts=0).claim(T0, LEASE)
+    uow = FakeUnitOfWork(claimed)
+    keeper = keeper_for(uow, clock)
+    keeper.hold(claimed)
+    return clock, claimed, uow, keeper
+
+
 def renew_for(keeper: ClaimKeeper, clock: FakeClock, span: timedelta) -> None:
     """Renew on schedule, every :attr:`ClaimKeeper.renew_every`, for ``span``, each renewal succeeding."""
     end = clock.current + span
@@ -36,11 +46,7 @@ def renew_for(keeper: ClaimKeeper, clock: FakeClock, span: timedelta) -> None:
 
 
 def test_a_held_claim_is_extended_by_a_lease_from_each_renewal() -> None:
-    clock = FakeClock(T0)
-    claimed = make_order(attempts=0).claim(T0, LEASE)
-    uow = FakeUnitOfWork(claimed)
-    keeper = keeper_for(uow, clock)
-    keeper.hold(claimed)
+    clock, claimed, uow, keeper = holding_a_claim()
 
     clock.advance(timedelta(seconds=10))
     keeper.renew()
@@ -51,11 +57,7 @@ def test_a_held_claim_is_extended_by_a_lease_from_each_renewal() -> None:
 def test_a_claim_with_more_than_half_its_lease_left_is_not_renewed_yet() -> None:
     # Most placements end within a second: renewing them would only make their record's
     # compare-and-set miss.
-    clock = FakeClock(T0)
-    claimed = make_order(attempts=0).claim(T0, LEASE)
-    uow = FakeUnitOfWork(claimed)
-    keeper = keeper_for(uow, clock)
-    keeper.hold(claimed)
+    clock, claimed, uow, keeper = holding_a_claim()
 
     clock.advance(LEASE / 2 - timedelta(seconds=1))
     assert keeper.renew()
@@ -64,11 +66,7 @@ def test_a_claim_with_more_than_half_its_lease_left_is_not_renewed_yet() -> None
 
 
 def test_a_claim_let_go_is_no_longer_renewed() -> None:
-    clock = FakeClock(T0)
-    claimed = make_order(attempts=0).claim(T0, LEASE)
-    uow = FakeUnitOfWork(claimed)
-    keeper = keeper_for(uow, clock)
-    keeper.hold(claimed)
+    clock, claimed, uow, keeper = holding_a_claim()
     keeper.let_go(claimed.id)
 
     clock.advance(timedelta(seconds=10))
