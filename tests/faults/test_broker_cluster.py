@@ -87,7 +87,10 @@ def test_orders_survive_the_rabbitmq_node_leading_the_placement_queue_killed_mid
             before = cluster.queue(vhost, queue)
             assert before["leader"] == cluster.nodes[0].node, "the queue should be led where it was declared"
             leader = cluster.node(before["leader"])
-            clients_on_leader = cluster.connections_to(leader)
+            # The management API lists connections from statistics that lag a little behind.
+            clients_on_leader = cluster.wait_for(
+                lambda: cluster.connections_to(leader), "client connections listed on the leader", 15.0
+            )
             with cluster_run.fault():
                 leader.kill()
             killed_at = time.monotonic()
