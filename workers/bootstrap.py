@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 
 import dramatiq
 
@@ -20,7 +19,7 @@ from orders_api.service_layer.placement import (
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.broker import create_broker
 from workers.claim_renewal import ClaimRenewal
-from workers.placement_actor import declare_place_order_actor, exchange_breaker
+from workers.placement_actor import after_claim_ms, declare_place_order_actor, exchange_breaker
 from workers.retries import GiveUpDeferredError
 from workers.settings import WorkerSettings
 from workers.time_limit import LiftableTimeLimit
@@ -68,8 +67,7 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
         try:
             failed = order_id is not None and mark_failed(order_id, unit_of_work(), error)
         except ClaimHeldError as held:
-            retry_after_ms = int(held.retry_after.total_seconds() * 1000) + random.randint(100, 1000)
-            raise GiveUpDeferredError(str(held), retry_after_ms=retry_after_ms) from held
+            raise GiveUpDeferredError(str(held), retry_after_ms=after_claim_ms(held)) from held
         if not failed:
             logger.warning("dead-lettered message %s names no pending order", message.message_id)
 

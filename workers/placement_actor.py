@@ -82,8 +82,7 @@ def declare_place_order_actor(
                     parsed_id, unit_of_work(), _watched(exchange, call, time_limit), claims=claims
                 )
         except ClaimHeldError as held:
-            delay_ms = int(held.retry_after.total_seconds() * 1000) + random.randint(100, 1000)
-            raise dramatiq.Retry(str(held), delay=delay_ms) from held
+            raise dramatiq.Retry(str(held), delay=after_claim_ms(held)) from held
         except DependencyUnavailableError as down:
             with suppress(*DATABASE_UNAVAILABLE):
                 note_still_waiting(parsed_id, unit_of_work())
@@ -111,6 +110,15 @@ def declare_place_order_actor(
     )
     actor: dramatiq.Actor[[str], None] = declare(place_order)
     return actor
+
+
+def after_claim_ms(held: ClaimHeldError) -> int:
+    """Milliseconds until a message that met another delivery's claim is tried again.
+
+    The rest of the claim, when it may have ended, plus 0.1 to 1 s of jitter, so that the
+    deliveries waiting on one order do not all come back at the same instant.
+    """
+    return int(held.retry_after.total_seconds() * 1000) + random.randint(100, 1000)
 
 
 def _watched(exchange: Exchange, call: AdmittedCall, time_limit: LiftableTimeLimit) -> Exchange:
