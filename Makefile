@@ -1,13 +1,11 @@
 # Everyday commands. `make run` and `make test` work on a fresh machine with nothing else typed.
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Server settings (WEB_WORKERS, WORKER_THREADS, ...) have their defaults in
+# orders_api/entrypoints/gunicorn_config.py and workers/serve.py; set them here or in the environment.
 PORT ?= 8000
-WEB_WORKERS ?= 2
-WEB_THREADS ?= 32
-WORKER_PROCESSES ?= 2
-WORKER_THREADS ?= 128
 PYTEST_ARGS ?=
-export PORT WEB_WORKERS WEB_THREADS WORKER_PROCESSES WORKER_THREADS
+export PORT
 
 .PHONY: install services migrate run test test-unit test-integration test-e2e test-faults bench lint format clean
 

@@ -16,8 +16,6 @@ q="${bin@Q}"
 echo "orders: API on http://127.0.0.1:${PORT:-8000}, workers and reconciliation;" \
   "a process that dies is restarted; Ctrl-C stops all three"
 exec "$bin/python" "$(dirname "$0")/supervise.py" \
-  api "$q/gunicorn --bind 127.0.0.1:${PORT:-8000} --worker-class gthread \
-    --workers ${WEB_WORKERS:-2} --threads ${WEB_THREADS:-32} \
-    --graceful-timeout 20 --no-control-socket orders_api.wsgi:app" \
-  workers "$q/dramatiq-gevent workers.main --processes ${WORKER_PROCESSES:-2} --threads ${WORKER_THREADS:-128}" \
+  api "$q/gunicorn --config python:orders_api.entrypoints.gunicorn_config orders_api.wsgi:app" \
+  workers "$q/orders-workers" \
   reconciliation "$q/flask --app orders_api.wsgi reconcile --every 60"

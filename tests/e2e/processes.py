@@ -24,6 +24,8 @@ from typing import IO, Literal
 import requests
 
 from orders_api.config import Settings
+from orders_api.entrypoints import gunicorn_config
+from workers.serve import worker_command
 
 #: The project root: the processes run from here, as under ``make run``.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -194,16 +196,14 @@ def running_service(
             "api (gunicorn)",
             [
                 str(BIN / "gunicorn"),
+                "--config",
+                f"python:{gunicorn_config.__name__}",
                 "--bind",
                 f"127.0.0.1:{port}",
-                "--worker-class",
-                "gthread",
                 "--workers",
                 str(options.web_workers),
                 "--threads",
                 str(options.web_threads),
-                # Otherwise every gunicorn on the machine shares ~/.gunicorn/gunicorn.ctl.
-                "--no-control-socket",
                 "orders_api.wsgi:app",
             ],
             env,
@@ -212,14 +212,15 @@ def running_service(
         stack.callback(_stop_quietly, api)
         workers = _start(
             "workers (dramatiq)",
-            [
-                str(BIN / "dramatiq-gevent"),  # as `make run` runs them
+            # The command `make run` and the image run, with this test's pool size.
+            worker_command(
+                {
+                    **env,
+                    "WORKER_PROCESSES": str(options.worker_processes),
+                    "WORKER_THREADS": str(options.worker_threads),
+                },
                 options.worker_module,
-                "--processes",
-                str(options.worker_processes),
-                "--threads",
-                str(options.worker_threads),
-            ],
+            ),
             env,
             log_dir / "workers.log",
         )

@@ -27,6 +27,7 @@ import requests
 from psycopg2.extensions import connection
 
 from orders_api.config import Settings
+from orders_api.entrypoints import gunicorn_config
 from tests.e2e.processes import ProcessOptions, RunningService
 from tests.e2e.test_order_flow_end_to_end import (
     database,
@@ -38,8 +39,8 @@ from tests.e2e.test_order_flow_end_to_end import (
 
 pytestmark = pytest.mark.e2e
 
-#: gunicorn's default graceful timeout (the tests' processes do not change it).
-GUNICORN_GRACEFUL_TIMEOUT_S = 30.0
+#: gunicorn's graceful timeout, from the settings every API process runs with.
+GUNICORN_GRACEFUL_TIMEOUT_S = float(gunicorn_config.graceful_timeout)
 #: Seconds the workers may take to stop after SIGTERM: the placements in flight take 0.5 s each.
 WORKER_STOP_DEADLINE_S = 20.0
 #: Seconds a test waits for a state it sets up (requests blocked, placements in flight, log lines).

@@ -1,0 +1,25 @@
+"""gunicorn's settings for the API, the one place `make run`, the tests and the image take them from.
+
+Loaded with ``gunicorn --config python:orders_api.entrypoints.gunicorn_config orders_api.wsgi:app``;
+flags given on the command line still win. Each setting comes from the environment, so a
+Kubernetes ConfigMap changes it without a new image.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: Where to listen: ``BIND`` if set (the image sets ``0.0.0.0:8000``), else loopback on ``PORT``.
+bind = os.environ.get("BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
+#: Threads, not gevent: the API's waits (PostgreSQL, the broker's confirm) are short and bounded,
+#: and gthread gave the best tail latency here (docs/benchmarks.md).
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_WORKERS", "2"))
+threads = int(os.environ.get("WEB_THREADS", "32"))
+#: Seconds a worker has, after SIGTERM, to answer the requests it has accepted. Every wait of a
+#: request is bounded well below it (group commit 5 s, confirm 2 s, a lost COMMIT's lookup aside).
+#: Kubernetes' grace period must exceed it plus the preStop pause.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "20"))
+#: Otherwise every gunicorn on a machine shares ``~/.gunicorn/gunicorn.ctl``, and a read-only
+#: root filesystem has no home to put it in.
+control_socket_disable = True
