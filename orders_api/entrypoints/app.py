@@ -15,7 +15,7 @@ from orders_api.adapters.database import bound_database_waits, engine_options, s
 from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
 from orders_api.adapters.tables import metadata
 from orders_api.config import Settings
-from orders_api.entrypoints import health, orders
+from orders_api.entrypoints import docs, health, orders
 from orders_api.entrypoints.cli import dead_letters_cli, reconcile_command
 from orders_api.entrypoints.errors import register_error_handlers
 from orders_api.entrypoints.services import OrderServices
@@ -41,7 +41,8 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     bound_database_waits(settings.db_reply_timeout_s)
     # pika logs every failed reconnect at ERROR; the publisher reports outages once, itself.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
-    app = Flask(__name__)
+    # No static folder: the only files served are the docs page's (orders_api.entrypoints.docs).
+    app = Flask(__name__, static_folder=None)
     app.config.from_mapping(
         SQLALCHEMY_DATABASE_URI=sqlalchemy_url(settings.database_url).render_as_string(hide_password=False),
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings),
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     app.extensions["orders.settings"] = settings
     app.register_blueprint(orders.blueprint)
     health.init_app(app)
+    docs.init_app(app)
     register_error_handlers(app)
     app.cli.add_command(reconcile_command)
     app.cli.add_command(dead_letters_cli)

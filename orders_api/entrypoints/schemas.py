@@ -124,7 +124,19 @@ class OrderRequestSchema(Schema):
         strict=True,
         validate=validate.Range(min=0, min_inclusive=False, max=MAX_QUANTITY),
     )
-    limit_price = _LimitPrice(load_default=None, allow_none=True)
+    limit_price = _LimitPrice(
+        load_default=None,
+        allow_none=True,
+        # For the OpenAPI document: the field's class has no JSON Schema type of its own.
+        metadata={
+            "description": "Required for limit orders; absent or null for market orders. Greater than 0, "
+            f"at most {MAX_LIMIT_PRICE}, at most {LIMIT_PRICE_PLACES} decimal places.",
+            "anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": float(MAX_LIMIT_PRICE)},
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "example": "150.50"},
+            ],
+        },
+    )
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _check_limit_price_against_type(
