@@ -7,7 +7,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 export PORT
 
-.PHONY: install services migrate run test test-unit test-integration test-e2e test-faults bench lint format clean
+.PHONY: install browser services migrate run test test-unit test-integration test-e2e test-faults bench lint format clean
 
 install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+browser: ## Debian's Chromium, for the test that renders /docs (tests/e2e/test_docs_page_in_a_browser.py)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 services: ## Start PostgreSQL and RabbitMQ if they are down; enable RabbitMQ's management console
 	scripts/ensure-services.sh
@@ -26,7 +29,7 @@ migrate: install services ## Create the database if missing and migrate it
 run: migrate ## Serve the API on http://127.0.0.1:$(PORT) and run the workers, in the foreground
 	VENV=$(VENV) scripts/run.sh
 
-test: install services ## The whole suite: unit, integration and end-to-end
+test: install browser services ## The whole suite: unit, integration and end-to-end
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: install ## Fast tests with fakes; no services needed
@@ -35,7 +38,7 @@ test-unit: install ## Fast tests with fakes; no services needed
 test-integration: install services ## The service layer and adapters against real PostgreSQL and RabbitMQ
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: install services ## Real gunicorn and dramatiq processes over HTTP
+test-e2e: install browser services ## Real gunicorn and dramatiq processes over HTTP
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 test-faults: install ## Fault injection (~10 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
