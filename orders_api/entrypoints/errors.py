@@ -80,7 +80,12 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
     code = error.code or 500
     if code >= 500:
         return _internal_error(error)
-    return client_error(code, error.name, error.description or error.name)
+    response, code = client_error(code, error.name, error.description or error.name)
+    # The headers the status calls for, such as a 405's Allow (RFC 9110), outlive the JSON body.
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response, code
 
 
 def _internal_error(error: Exception) -> tuple[Response, int]:
