@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 from orders_api.config import Settings
 from orders_api.entrypoints import docs, openapi
 from orders_api.entrypoints.app import create_app
-from orders_api.entrypoints.schemas import OrderRequestSchema
+from orders_api.entrypoints.schemas import ORDER_TYPES, OrderRequestSchema
 
 pytestmark = pytest.mark.unit
 
@@ -89,13 +89,22 @@ def test_documentation_endpoints_are_the_ones_left_out(app: Flask) -> None:
 def test_request_body_is_generated_from_the_schema_that_validates_it(client: FlaskClient) -> None:
     document = served_document(client)
     body = document["paths"]["/orders"]["post"]["requestBody"]["content"]["application/json"]
-    component = document["components"]["schemas"]["OrderRequest"]
+    components = document["components"]["schemas"]
     schema = OrderRequestSchema()
+    required = {name for name, field in schema.fields.items() if field.required}
 
     assert body["schema"] == {"$ref": "#/components/schemas/OrderRequest"}
-    assert set(component["properties"]) == set(schema.fields)
-    assert set(component["required"]) == {name for name, field in schema.fields.items() if field.required}
-    assert component["additionalProperties"] is False
+    variants = {
+        name: components[ref.rsplit("/", 1)[-1]]
+        for name, ref in components["OrderRequest"]["discriminator"]["mapping"].items()
+    }
+    assert set(variants) == set(ORDER_TYPES)
+    for order_type, variant in variants.items():
+        assert set(variant["properties"]) == set(schema.fields)
+        assert variant["properties"]["type"]["enum"] == [order_type]
+        assert variant["additionalProperties"] is False
+    assert set(variants["market"]["required"]) == required
+    assert set(variants["limit"]["required"]) == required | {"limit_price"}
     for example in body["examples"].values():
         schema.load(example["value"])
 
