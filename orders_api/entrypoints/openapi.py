@@ -84,14 +84,12 @@ class ApiDocument:
 
 def init_app(app: Flask) -> ApiDocument:
     """Give ``app`` its document; :mod:`orders_api.entrypoints.docs` serves it."""
-    document = ApiDocument()
-    app.extensions[_EXTENSION] = document
-    return document
+    return api_document(app)
 
 
 def api_document(app: Flask) -> ApiDocument:
-    """The document of ``app``."""
-    document: ApiDocument = app.extensions[_EXTENSION]
+    """The document of ``app``, made on first use: modules may document routes in any order."""
+    document: ApiDocument = app.extensions.setdefault(_EXTENSION, ApiDocument())
     return document
 
 

@@ -154,6 +154,19 @@ def test_idempotency_key_and_request_id_headers_are_documented_as_optional(clien
                 assert response["headers"]["X-Request-ID"] == {"$ref": "#/components/headers/RequestId"}
 
 
+def test_a_route_documented_before_the_docs_are_registered_is_kept() -> None:
+    app = Flask(__name__)
+    app.add_url_rule("/metrics", "metrics", lambda: "")
+    metrics = {
+        "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "The metrics."}}}
+    }
+
+    openapi.document_path(app, "/metrics", metrics)
+    docs.init_app(app)
+
+    assert openapi.api_document(app).as_dict()["paths"]["/metrics"]["get"]["summary"] == "Prometheus metrics"
+
+
 def test_another_module_documents_its_route_through_the_hook(app: Flask) -> None:
     metrics = {
         "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "The metrics."}}}
