@@ -7,7 +7,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 export PORT
 
-.PHONY: install services migrate run test test-unit test-integration test-e2e test-faults bench lint format clean
+.PHONY: install services migrate run test test-unit test-integration test-e2e test-deploy test-faults bench lint format clean
 
 install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
 
@@ -37,6 +37,9 @@ test-integration: install services ## The service layer and adapters against rea
 
 test-e2e: install services ## Real gunicorn and dramatiq processes over HTTP
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+test-deploy: install ## Offline checks of the Kubernetes manifests in k8s/ (schemas, lint, cross-references)
+	$(BIN)/pytest tests/deploy $(PYTEST_ARGS)
 
 test-faults: install ## Fault injection (~10 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
 	$(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)

@@ -1,0 +1,221 @@
+"""Every reference between the manifests points at something that will exist on the cluster.
+
+Kubernetes accepts a selector that selects nothing, an autoscaler aimed at a missing Deployment or
+a Secret key that does not exist; the mistake shows only later, as a Service without endpoints, an
+autoscaler that never acts or a pod stuck in CreateContainerConfigError. These tests resolve each
+reference offline, counting what the operators create (their pods and Secrets) as existing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.k8s_manifests import (
+    CLUSTER_SCOPED_KINDS,
+    K8S_DIR,
+    NAMESPACE,
+    OUTSIDE_KUSTOMIZATION,
+    Manifest,
+    Workload,
+    all_pod_labels,
+    config_maps,
+    load_manifests,
+    manifest_files,
+    of_kind,
+    secret_keys,
+    selector_matches,
+    workloads,
+)
+
+pytestmark = pytest.mark.deploy
+
+MANIFESTS = load_manifests()
+WORKLOADS = workloads(MANIFESTS)
+PODS = all_pod_labels(MANIFESTS)
+DEPLOYMENTS = of_kind(MANIFESTS, "Deployment")
+
+
+def _pods_selected(selector: dict[str, Any]) -> list[str]:
+    return [name for name, labels in PODS if selector_matches(selector, labels)]
+
+
+def _workloads_selected(selector: dict[str, Any]) -> list[Workload]:
+    return [workload for workload in WORKLOADS if selector_matches(selector, workload.labels)]
+
+
+def _autoscaled_targets() -> list[tuple[Manifest, dict[str, Any]]]:
+    targets = [(hpa, hpa.spec["scaleTargetRef"]) for hpa in of_kind(MANIFESTS, "HorizontalPodAutoscaler")]
+    targets += [(scaled, scaled.spec["scaleTargetRef"]) for scaled in of_kind(MANIFESTS, "ScaledObject")]
+    return targets
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=str)
+def test_every_object_lives_in_the_orders_namespace(manifest: Manifest) -> None:
+    """Catches an object applied to `default` with `kubectl apply -f`, out of reach of its peers."""
+    expected = None if manifest.kind in CLUSTER_SCOPED_KINDS else NAMESPACE
+    assert manifest.namespace == expected
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=str)
+def test_a_deployments_selector_matches_its_own_pod_template(deployment: Manifest) -> None:
+    """Catches a Deployment whose pods it would not own (the API server refuses it at apply time)."""
+    (workload,) = [workload for workload in WORKLOADS if workload.manifest is deployment]
+
+    assert selector_matches(deployment.spec["selector"], workload.labels)
+
+
+def test_the_deployments_selectors_do_not_overlap() -> None:
+    """Catches two Deployments fighting over the same pods, each scaling the other's away."""
+    for deployment in DEPLOYMENTS:
+        selected = _workloads_selected(deployment.spec["selector"])
+        assert [str(workload) for workload in selected] == [str(deployment)]
+
+
+@pytest.mark.parametrize("pdb", of_kind(MANIFESTS, "PodDisruptionBudget"), ids=str)
+def test_a_disruption_budget_protects_exactly_one_deployments_pods(pdb: Manifest) -> None:
+    """Catches a budget that selects nothing (no protection) or several workloads (a shared, wrong bound)."""
+    selected = [workload for workload in _workloads_selected(pdb.spec["selector"]) if workload.long_running]
+
+    assert len(selected) == 1, [str(workload) for workload in selected]
+
+
+@pytest.mark.parametrize("service", of_kind(MANIFESTS, "Service"), ids=str)
+def test_a_service_selects_pods_and_targets_a_port_they_declare(service: Manifest) -> None:
+    """Catches a Service without endpoints, or one sending traffic to a port no container listens on."""
+    selected = _workloads_selected({"matchLabels": service.spec["selector"]})
+    assert selected, f"{service} selects no pods"
+    for workload in selected:
+        declared = {
+            key
+            for container in workload.containers
+            for port in container.get("ports", [])
+            for key in (port.get("name"), port["containerPort"])
+        }
+        for port in service.spec["ports"]:
+            assert port["targetPort"] in declared, (
+                f"{service}: {port['targetPort']} is not a port of {workload}"
+            )
+
+
+@pytest.mark.parametrize("policy", of_kind(MANIFESTS, "NetworkPolicy"), ids=str)
+def test_a_network_policy_selects_pods_that_exist(policy: Manifest) -> None:
+    """Catches a policy whose label typo leaves the pods it meant to guard (or to admit) unselected."""
+    assert _pods_selected(policy.spec["podSelector"]), f"{policy} applies to no pod"
+    for rule in policy.spec.get("ingress", []):
+        for peer in rule.get("from", []):
+            if "podSelector" in peer and "namespaceSelector" not in peer:
+                assert _pods_selected(peer["podSelector"]), f"{policy}: no pod matches {peer['podSelector']}"
+
+
+def test_the_namespace_denies_ingress_by_default() -> None:
+    """Catches the default-deny policy going missing, which would leave the database open to the cluster."""
+    deny_all = [
+        policy
+        for policy in of_kind(MANIFESTS, "NetworkPolicy")
+        if policy.spec["podSelector"] == {}
+        and "Ingress" in policy.spec["policyTypes"]
+        and not policy.spec.get("ingress")
+    ]
+
+    assert deny_all
+
+
+def test_only_the_api_takes_traffic_from_outside_the_namespace() -> None:
+    """Catches a policy that opens PostgreSQL, RabbitMQ or the workers to any pod of the cluster."""
+    for policy in of_kind(MANIFESTS, "NetworkPolicy"):
+        guarded = _pods_selected(policy.spec["podSelector"])
+        for rule in policy.spec.get("ingress", []):
+            peers = rule.get("from")
+            open_to_all = not peers
+            other_namespaces = [
+                peer for peer in peers or [] if "namespaceSelector" in peer or "ipBlock" in peer
+            ]
+            if open_to_all:
+                assert all("orders-api" in name for name in guarded), f"{policy} opens {guarded} to everyone"
+            for peer in other_namespaces:
+                # Only the operators that manage the pods (and KEDA) may come from other namespaces,
+                # each named by its namespace and its pods' labels.
+                assert "podSelector" in peer and "matchLabels" in peer.get("namespaceSelector", {}), (
+                    f"{policy} admits {peer}"
+                )
+
+
+@pytest.mark.parametrize(("autoscaler", "target"), _autoscaled_targets(), ids=lambda value: str(value)[:40])
+def test_an_autoscaler_targets_an_existing_deployment(autoscaler: Manifest, target: dict[str, Any]) -> None:
+    """Catches an autoscaler aimed at a renamed Deployment: it reports an error and never scales."""
+    names = {deployment.name for deployment in DEPLOYMENTS}
+
+    assert target.get("kind", "Deployment") == "Deployment" and target["name"] in names, f"{autoscaler}"
+
+
+def test_autoscaled_deployments_leave_replicas_to_the_autoscaler() -> None:
+    """Catches `replicas` on an autoscaled Deployment: every apply would reset the autoscaler's count."""
+    autoscaled = {target["name"] for _, target in _autoscaled_targets()}
+    fixed = [deployment.name for deployment in DEPLOYMENTS if "replicas" in deployment.spec]
+
+    assert autoscaled and not autoscaled & set(fixed)
+
+
+def test_every_deployment_is_autoscaled() -> None:
+    """Catches a Deployment left at one replica because its autoscaler was forgotten."""
+    autoscaled = {target["name"] for _, target in _autoscaled_targets()}
+
+    assert {deployment.name for deployment in DEPLOYMENTS} <= autoscaled
+
+
+def test_the_scaled_object_authenticates_with_an_existing_trigger_authentication() -> None:
+    """Catches a ScaledObject pointing at a missing TriggerAuthentication: KEDA then cannot reach RabbitMQ."""
+    authentications = {manifest.name for manifest in of_kind(MANIFESTS, "TriggerAuthentication")}
+    for scaled in of_kind(MANIFESTS, "ScaledObject"):
+        for trigger in scaled.spec["triggers"]:
+            assert trigger["authenticationRef"]["name"] in authentications
+
+
+def _secret_references() -> list[tuple[str, str, str]]:
+    """(where, Secret name, key) for every Secret key a pod or KEDA reads."""
+    references = []
+    for workload in WORKLOADS:
+        for container in workload.containers:
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    references.append((f"{workload} {variable['name']}", ref["name"], ref["key"]))
+    for authentication in of_kind(MANIFESTS, "TriggerAuthentication"):
+        for ref in authentication.spec.get("secretTargetRef", []):
+            references.append((f"{authentication} {ref['parameter']}", ref["name"], ref["key"]))
+    return references
+
+
+@pytest.mark.parametrize(("where", "secret", "key"), _secret_references(), ids=lambda value: str(value)[:50])
+def test_every_secret_key_referenced_exists(where: str, secret: str, key: str) -> None:
+    """Catches a reference to a Secret or key nobody creates: the pod would never start."""
+    keys = secret_keys(MANIFESTS)
+
+    assert secret in keys, f"{where}: no Secret {secret} (ours: example Secret; operators': orders-db-app, …)"
+    assert key in keys[secret], f"{where}: Secret {secret} has no key {key}"
+
+
+def test_every_config_map_and_key_referenced_exists() -> None:
+    """Catches a pod reading a ConfigMap or key that does not exist: it would never start."""
+    maps = config_maps(MANIFESTS)
+    for workload in WORKLOADS:
+        for container in workload.containers:
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in maps, f"{workload}"
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("configMapKeyRef")
+                if ref:
+                    assert ref["key"] in maps.get(ref["name"], {}), f"{workload} {variable['name']}"
+
+
+def test_the_kustomization_lists_every_manifest_but_the_ones_kept_out_on_purpose() -> None:
+    """Catches a new manifest forgotten in kustomization.yaml, or one listed that does not exist."""
+    kustomization = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text(encoding="utf-8"))
+    expected = {path.name for path in manifest_files()} - OUTSIDE_KUSTOMIZATION
+
+    assert sorted(kustomization["resources"]) == sorted(expected)
+    assert kustomization["namespace"] == NAMESPACE
