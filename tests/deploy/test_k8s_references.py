@@ -25,6 +25,7 @@ from tests.deploy.k8s_manifests import (
     load_manifests,
     manifest_files,
     of_kind,
+    operator_pod_labels,
     secret_keys,
     selector_matches,
     workloads,
@@ -75,11 +76,21 @@ def test_the_deployments_selectors_do_not_overlap() -> None:
 
 
 @pytest.mark.parametrize("pdb", of_kind(MANIFESTS, "PodDisruptionBudget"), ids=str)
-def test_a_disruption_budget_protects_exactly_one_deployments_pods(pdb: Manifest) -> None:
+def test_a_disruption_budget_protects_exactly_one_kind_of_pod(pdb: Manifest) -> None:
     """Catches a budget that selects nothing (no protection) or several workloads (a shared, wrong bound)."""
-    selected = [workload for workload in _workloads_selected(pdb.spec["selector"]) if workload.long_running]
+    long_running = [(str(w), w.labels) for w in WORKLOADS if w.long_running] + operator_pod_labels(MANIFESTS)
+    selected = [name for name, labels in long_running if selector_matches(pdb.spec["selector"], labels)]
 
-    assert len(selected) == 1, [str(workload) for workload in selected]
+    assert len(selected) == 1, selected
+
+
+def test_every_long_running_pod_has_a_disruption_budget() -> None:
+    """Catches a drain evicting every API pod, or two of three RabbitMQ nodes, at once."""
+    budgets = [pdb.spec["selector"] for pdb in of_kind(MANIFESTS, "PodDisruptionBudget")]
+    long_running = [(str(w), w.labels) for w in WORKLOADS if w.long_running]
+    rabbitmq_nodes = [pod for pod in operator_pod_labels(MANIFESTS) if pod[0].startswith("RabbitMQ")]
+    for name, labels in [*long_running, *rabbitmq_nodes]:
+        assert any(selector_matches(selector, labels) for selector in budgets), f"{name} has no budget"
 
 
 @pytest.mark.parametrize("service", of_kind(MANIFESTS, "Service"), ids=str)
