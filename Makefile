@@ -49,10 +49,11 @@ bench: install services ## Benchmark the service against this machine's limits (
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench
 
-lint: install ## ruff (lint and format check) and mypy
+lint: install ## ruff (lint and format check), mypy, and yamllint on the Kubernetes manifests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/yamllint --strict -c .yamllint.yaml k8s/ .yamllint.yaml
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
