@@ -310,3 +310,69 @@ def env_reads(packages: Sequence[str] = ("orders_api", "workers")) -> list[EnvRe
         for path in sorted((REPO_ROOT / package).rglob("*.py")):
             reads.extend(_reads_in(path))
     return reads
+
+
+def _port_allowed(
+    ports: Sequence[Mapping[str, Any]] | None, port: int, named_ports: Mapping[str, int]
+) -> bool:
+    if not ports:
+        return True
+    for allowed in ports:
+        number = allowed.get("port")
+        if number is None:
+            return True
+        if isinstance(number, str):
+            number = named_ports.get(number)
+        if number is not None and number <= port <= int(allowed.get("endPort", number)):
+            return True
+    return False
+
+
+def _peer_allowed(
+    peers: Sequence[Mapping[str, Any]] | None, labels: Mapping[str, str], namespace_labels: Mapping[str, str]
+) -> bool:
+    if not peers:
+        return True
+    same_namespace = namespace_labels.get("kubernetes.io/metadata.name") == NAMESPACE
+    for peer in peers:
+        if "ipBlock" in peer:
+            continue
+        if "namespaceSelector" in peer:
+            namespace_ok = selector_matches(peer["namespaceSelector"], namespace_labels)
+        else:
+            namespace_ok = same_namespace
+        if namespace_ok and selector_matches(peer.get("podSelector", {}), labels):
+            return True
+    return False
+
+
+def ingress_allowed(
+    manifests: Sequence[Manifest],
+    *,
+    to: Mapping[str, str],
+    port: int,
+    source: Mapping[str, str],
+    source_namespace: str = NAMESPACE,
+    named_ports: Mapping[str, int] | None = None,
+) -> bool:
+    """Whether the NetworkPolicies let a pod labelled ``source`` connect to ``port`` of one labelled ``to``.
+
+    Kubernetes' semantics: a pod selected by no ingress policy takes everything; one selected by
+    any takes only what one of their rules allows. ``named_ports`` resolves rules that name a
+    container port. A namespace is known by its ``kubernetes.io/metadata.name`` label only.
+    """
+    namespace_labels = {"kubernetes.io/metadata.name": source_namespace}
+    policies = [
+        policy
+        for policy in of_kind(manifests, "NetworkPolicy")
+        if "Ingress" in policy.spec.get("policyTypes", ["Ingress"])
+        and selector_matches(policy.spec["podSelector"], to)
+    ]
+    if not policies:
+        return True
+    return any(
+        _port_allowed(rule.get("ports"), port, named_ports or {})
+        and _peer_allowed(rule.get("from"), source, namespace_labels)
+        for policy in policies
+        for rule in policy.spec.get("ingress", [])
+    )

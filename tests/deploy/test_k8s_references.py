@@ -22,6 +22,7 @@ from tests.deploy.k8s_manifests import (
     Workload,
     all_pod_labels,
     config_maps,
+    ingress_allowed,
     load_manifests,
     manifest_files,
     of_kind,
@@ -134,24 +135,107 @@ def test_the_namespace_denies_ingress_by_default() -> None:
     assert deny_all
 
 
-def test_only_the_api_takes_traffic_from_outside_the_namespace() -> None:
+def _workload(name: str) -> Workload:
+    (found,) = [workload for workload in WORKLOADS if workload.manifest.name == name]
+    return found
+
+
+def _named_ports(workload: Workload) -> dict[str, int]:
+    return {
+        port["name"]: port["containerPort"]
+        for container in workload.containers
+        for port in container.get("ports", [])
+        if "name" in port
+    }
+
+
+#: The pods of the two operator-run clusters, labelled as their operators label them.
+DATABASE_PODS = {"cnpg.io/cluster": of_kind(MANIFESTS, "Cluster")[0].name}
+BROKER_PODS = {"app.kubernetes.io/name": of_kind(MANIFESTS, "RabbitmqCluster")[0].name}
+#: Where each operator runs in its default install, and how its pods are labelled.
+CNPG_OPERATOR = ("cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"})
+RABBITMQ_OPERATOR = ("rabbitmq-system", {"app.kubernetes.io/component": "rabbitmq-operator"})
+KEDA_OPERATOR = ("keda", {"app.kubernetes.io/name": "keda-operator"})
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=str)
+def test_every_pod_of_the_service_reaches_postgresql_and_rabbitmq(workload: Workload) -> None:
+    """Catches a policy cutting a role off from the database or the broker: all its work would fail."""
+    assert ingress_allowed(MANIFESTS, to=DATABASE_PODS, port=5432, source=workload.labels)
+    assert ingress_allowed(MANIFESTS, to=BROKER_PODS, port=5672, source=workload.labels)
+
+
+def test_the_api_takes_requests_from_other_namespaces_on_its_services_port() -> None:
+    """Catches the default-deny policy shutting the API off from the ingress controller and other services."""
+    for service in of_kind(MANIFESTS, "Service"):
+        for workload in _workloads_selected({"matchLabels": service.spec["selector"]}):
+            ports = _named_ports(workload)
+            for port in service.spec["ports"]:
+                target = port["targetPort"]
+                number = ports[target] if isinstance(target, str) else int(target)
+                assert ingress_allowed(
+                    MANIFESTS,
+                    to=workload.labels,
+                    port=number,
+                    source={},
+                    source_namespace="ingress",
+                    named_ports=ports,
+                ), f"{service} -> {workload}:{number}"
+
+
+@pytest.mark.parametrize(
+    ("target", "port"),
+    [
+        (DATABASE_PODS, 5432),
+        (DATABASE_PODS, 8000),
+        (BROKER_PODS, 5672),
+        (BROKER_PODS, 15672),
+        (BROKER_PODS, 25672),
+        (_workload("orders-workers").labels, 9191),
+    ],
+    ids=str,
+)
+def test_nothing_outside_the_service_reaches_the_database_the_broker_or_the_workers(
+    target: dict[str, str], port: int
+) -> None:
     """Catches a policy that opens PostgreSQL, RabbitMQ or the workers to any pod of the cluster."""
-    for policy in of_kind(MANIFESTS, "NetworkPolicy"):
-        guarded = _pods_selected(policy.spec["podSelector"])
-        for rule in policy.spec.get("ingress", []):
-            peers = rule.get("from")
-            open_to_all = not peers
-            other_namespaces = [
-                peer for peer in peers or [] if "namespaceSelector" in peer or "ipBlock" in peer
-            ]
-            if open_to_all:
-                assert all("orders-api" in name for name in guarded), f"{policy} opens {guarded} to everyone"
-            for peer in other_namespaces:
-                # Only the operators that manage the pods (and KEDA) may come from other namespaces,
-                # each named by its namespace and its pods' labels.
-                assert "podSelector" in peer and "matchLabels" in peer.get("namespaceSelector", {}), (
-                    f"{policy} admits {peer}"
-                )
+    assert not ingress_allowed(MANIFESTS, to=target, port=port, source={}, source_namespace="elsewhere")
+    assert not ingress_allowed(MANIFESTS, to=target, port=port, source={"app": "intruder"})
+
+
+@pytest.mark.parametrize(
+    ("operator", "target", "port"),
+    [
+        (CNPG_OPERATOR, DATABASE_PODS, 8000),
+        (CNPG_OPERATOR, DATABASE_PODS, 5432),
+        (RABBITMQ_OPERATOR, BROKER_PODS, 15672),
+        (KEDA_OPERATOR, BROKER_PODS, 15672),
+    ],
+    ids=str,
+)
+def test_the_operators_reach_the_pods_they_manage_as_their_docs_require(
+    operator: tuple[str, dict[str, str]], target: dict[str, str], port: int
+) -> None:
+    """Catches a policy blocking an operator: CloudNativePG could not manage, KEDA could not scale."""
+    namespace, labels = operator
+
+    assert ingress_allowed(MANIFESTS, to=target, port=port, source=labels, source_namespace=namespace)
+
+
+@pytest.mark.parametrize(
+    ("pods", "port"),
+    [
+        (DATABASE_PODS, 5432),
+        (DATABASE_PODS, 8000),
+        (BROKER_PODS, 4369),
+        (BROKER_PODS, 25672),
+        (BROKER_PODS, 35672),
+    ],
+    ids=str,
+)
+def test_the_nodes_of_each_cluster_reach_each_other(pods: dict[str, str], port: int) -> None:
+    """Catches a policy breaking PostgreSQL's replication or RabbitMQ's clustering (epmd, distribution)."""
+    assert ingress_allowed(MANIFESTS, to=pods, port=port, source=pods)
 
 
 @pytest.mark.parametrize(("autoscaler", "target"), _autoscaled_targets(), ids=lambda value: str(value)[:40])
