@@ -8,15 +8,16 @@ sizes of the real settings classes. A change on either side that breaks the othe
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
-import runpy
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from orders_api.config import DEFAULT_PLACEMENT_QUEUE, Settings
+from orders_api.entrypoints import gunicorn_config
 from tests.deploy.k8s_manifests import (
     Manifest,
     Workload,
@@ -85,13 +86,21 @@ def _max_replicas(deployment: str) -> int:
 
 @pytest.fixture
 def gunicorn_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mapping[str, Any]]:
-    """The API's gunicorn settings as its container's environment makes them (the real config module)."""
+    """The API's gunicorn settings as its container's environment makes them (the real config module).
+
+    The module reads the environment when it runs, so a fresh copy of it runs here, under the
+    container's variables only, apart from the one other tests may have imported.
+    """
     _, container = _one(API_COMMAND)
     for name in list(os.environ):
         monkeypatch.delenv(name)
     for name, value in literal_env(container, MAPS).items():
         monkeypatch.setenv(name, value)
-    yield runpy.run_module("orders_api.entrypoints.gunicorn_config")
+    spec = importlib.util.spec_from_file_location("gunicorn_config_in_the_api_pod", gunicorn_config.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield vars(module)
 
 
 def _worker_flag(flag: str) -> int:
