@@ -254,18 +254,16 @@ def _string_constants(tree: ast.Module) -> dict[str, str]:
     """Module-level ``NAME = "text"`` assignments, to resolve ``env.get(NAME)``."""
     constants = {}
     for statement in tree.body:
-        value = statement.value if isinstance(statement, (ast.Assign, ast.AnnAssign)) else None
-        targets = (
-            statement.targets
-            if isinstance(statement, ast.Assign)
-            else [statement.target]
-            if isinstance(statement, ast.AnnAssign)
-            else []
-        )
+        targets: list[ast.expr]
+        value: ast.expr | None
+        if isinstance(statement, ast.Assign):
+            targets, value = statement.targets, statement.value
+        elif isinstance(statement, ast.AnnAssign):
+            targets, value = [statement.target], statement.value
+        else:
+            continue
         if isinstance(value, ast.Constant) and isinstance(value.value, str):
-            for target in targets:
-                if isinstance(target, ast.Name):
-                    constants[target.id] = value.value
+            constants.update({target.id: value.value for target in targets if isinstance(target, ast.Name)})
     return constants
 
 
@@ -286,7 +284,9 @@ def _reads_in(path: Path) -> Iterator[EnvRead]:
         if isinstance(node, ast.Call) and node.args:
             func = node.func
             is_get = isinstance(func, ast.Attribute) and func.attr == "get" and _is_env_mapping(func.value)
-            is_getenv = isinstance(func, ast.Attribute) and func.attr == "getenv"
+            is_getenv = (isinstance(func, ast.Attribute) and func.attr == "getenv") or (
+                isinstance(func, ast.Name) and func.id == "getenv"
+            )
             if not (is_get or is_getenv):
                 continue
             name = _name_of(node.args[0], constants)
