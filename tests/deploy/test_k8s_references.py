@@ -284,7 +284,9 @@ def _secret_references() -> list[tuple[str, str, str]]:
     return references
 
 
-@pytest.mark.parametrize(("where", "secret", "key"), _secret_references(), ids=lambda value: str(value)[:50])
+@pytest.mark.parametrize(
+    ("where", "secret", "key"), _secret_references(), ids=lambda value: str(value).split(": ")[-1]
+)
 def test_every_secret_key_referenced_exists(where: str, secret: str, key: str) -> None:
     """Catches a reference to a Secret or key nobody creates: the pod would never start."""
     keys = secret_keys(MANIFESTS)

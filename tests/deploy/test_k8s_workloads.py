@@ -38,6 +38,7 @@ MANIFESTS = load_manifests()
 WORKLOADS = workloads(MANIFESTS)
 MAPS = config_maps(MANIFESTS)
 CONTAINERS = [(workload, container) for workload in WORKLOADS for container in workload.containers]
+CONTAINER_IDS = [f"{workload.manifest.name}/{container['name']}" for workload, container in CONTAINERS]
 
 #: The commands of the shared contract, by role.
 API_COMMAND = ["gunicorn", "--config", "python:orders_api.entrypoints.gunicorn_config", "orders_api.wsgi:app"]
@@ -128,7 +129,7 @@ def test_every_container_runs_the_same_image() -> None:
     assert images.pop().split(":")[0] == IMAGE_NAME
 
 
-@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=lambda value: str(value)[:40])
+@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=CONTAINER_IDS)
 def test_every_container_requests_resources_and_limits_its_memory(
     workload: Workload, container: dict[str, Any]
 ) -> None:
@@ -139,7 +140,7 @@ def test_every_container_requests_resources_and_limits_its_memory(
     assert "memory" in resources.get("limits", {}), f"{workload} {container['name']}"
 
 
-@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=lambda value: str(value)[:40])
+@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=CONTAINER_IDS)
 def test_every_container_runs_locked_down(workload: Workload, container: dict[str, Any]) -> None:
     """Catches a container that could run as root, write its image, gain privileges or keep capabilities."""
     effective = {**workload.pod_spec.get("securityContext", {}), **container.get("securityContext", {})}
@@ -152,7 +153,7 @@ def test_every_container_runs_locked_down(workload: Workload, container: dict[st
     assert effective.get("seccompProfile", {}).get("type") == "RuntimeDefault"
 
 
-@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=lambda value: str(value)[:40])
+@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=CONTAINER_IDS)
 def test_every_container_can_write_to_tmp_and_only_there(
     workload: Workload, container: dict[str, Any]
 ) -> None:
@@ -245,7 +246,7 @@ def test_every_variable_the_code_reads_without_a_default_is_set() -> None:
                 )
 
 
-@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=lambda value: str(value)[:40])
+@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=CONTAINER_IDS)
 def test_every_container_is_given_the_databases_and_brokers_addresses(
     workload: Workload, container: dict[str, Any]
 ) -> None:
@@ -255,7 +256,7 @@ def test_every_container_is_given_the_databases_and_brokers_addresses(
     assert "DATABASE_URL" in env and "RABBITMQ_URL" in env, f"{workload} {container['name']}"
 
 
-@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=lambda value: str(value)[:40])
+@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=CONTAINER_IDS)
 def test_every_variable_set_is_read_by_the_code_or_a_library(
     workload: Workload, container: dict[str, Any]
 ) -> None:
@@ -273,7 +274,7 @@ def test_every_variable_set_is_read_by_the_code_or_a_library(
     assert unread == set(), f"{workload} {container['name']}"
 
 
-@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=lambda value: str(value)[:40])
+@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=CONTAINER_IDS)
 def test_every_composed_variable_refers_to_one_defined_before_it(
     workload: Workload, container: dict[str, Any]
 ) -> None:
