@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from orders_api.adapters.rabbitmq_nodes import connection_parameters
 from orders_api.config import DEFAULT_PLACEMENT_QUEUE, Settings
 from orders_api.entrypoints import gunicorn_config
 from tests.deploy.k8s_manifests import (
@@ -346,4 +347,48 @@ def test_postgresql_and_rabbitmq_survive_the_loss_of_one_node() -> None:
         r"^\s*cluster_partition_handling\s*=\s*pause_minority\s*$",
         broker.spec["rabbitmq"]["additionalConfig"],
         re.M,
+    )
+
+
+#: What the RabbitMQ operator puts in its default-user Secret, in shape: a generated user and a
+#: URL-safe base64 password (internal/resource/default_user_secret.go), the Service's host, AMQP's port.
+RABBITMQ_SECRET_SAMPLE = {
+    "username": "default_user_Qx-9_zT4",
+    "password": "hP3-kT_9wQzL8m-Vn_2sYc7B",
+    "host": "orders-rabbitmq.orders.svc",
+    "port": "5672",
+}
+
+
+def _expanded(container: dict[str, Any]) -> dict[str, str]:
+    """The container's variables after Kubernetes' ``$(VAR)`` expansion, Secrets filled with samples."""
+    values: dict[str, str] = {}
+    for name, value in literal_env({"envFrom": container.get("envFrom", [])}, MAPS).items():
+        values[name] = value
+    for variable in container.get("env", []):
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref and ref["name"].endswith("-default-user"):
+            values[variable["name"]] = RABBITMQ_SECRET_SAMPLE[ref["key"]]
+        elif "value" in variable:
+            values[variable["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda match: values[match[1]], variable["value"]
+            )
+    return values
+
+
+@pytest.mark.parametrize(("workload", "container"), CONTAINERS, ids=CONTAINER_IDS)
+def test_the_composed_broker_url_reaches_the_operators_service_as_its_user(
+    workload: Workload, container: dict[str, Any]
+) -> None:
+    """Catches a composed RABBITMQ_URL the app misreads: wrong vhost, port, or user and password swapped."""
+    url = _expanded(container)["RABBITMQ_URL"]
+
+    (node,) = connection_parameters(
+        url, connect_timeout_s=1, blocked_connection_timeout_s=1, connection_name="deploy-test"
+    )
+
+    assert (node.host, node.port, node.virtual_host) == ("orders-rabbitmq.orders.svc", 5672, "/")
+    assert (node.credentials.username, node.credentials.password) == (
+        RABBITMQ_SECRET_SAMPLE["username"],
+        RABBITMQ_SECRET_SAMPLE["password"],
     )
