@@ -7,7 +7,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 export PORT
 
-.PHONY: install browser services migrate run test test-unit test-integration test-e2e test-faults bench lint format clean
+.PHONY: install browser services migrate run test test-unit test-integration test-e2e test-deploy test-faults bench lint format clean
 
 install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
 
@@ -41,6 +41,9 @@ test-integration: install services ## The service layer and adapters against rea
 test-e2e: install browser services ## Real gunicorn and dramatiq processes over HTTP
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
+test-deploy: install ## Offline checks of the Kubernetes manifests in k8s/ (schemas, lint, cross-references)
+	$(BIN)/pytest tests/deploy $(PYTEST_ARGS)
+
 test-faults: install ## Fault injection (~10 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
 	$(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
 
@@ -49,10 +52,11 @@ bench: install services ## Benchmark the service against this machine's limits (
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench
 
-lint: install ## ruff (lint and format check) and mypy
+lint: install ## ruff (lint and format check), mypy, and yamllint on the Kubernetes manifests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/yamllint --strict -c .yamllint.yaml k8s/ .yamllint.yaml
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
