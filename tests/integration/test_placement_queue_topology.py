@@ -309,3 +309,24 @@ def test_every_client_names_its_connection_after_its_role_host_and_process(
             return names if wanted <= names else set()
 
         eventually(listed)
+
+
+def test_the_worker_command_exits_with_the_reason_when_the_queues_are_not_safe_to_consume(
+    settings: Settings, rabbit: RabbitAdmin, channel: Any
+) -> None:
+    make_legacy(rabbit, channel, settings)
+    environment = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "RABBITMQ_URL": settings.rabbitmq_url,
+        "RABBITMQ_MANAGEMENT_URL": settings.rabbitmq_management_url or "",
+        "PLACEMENT_QUEUE": settings.placement_queue,
+        "WORKER_PROCESSES": "1",
+        "WORKER_THREADS": "2",
+    }
+    command = [str(Path(sys.executable).with_name("orders-workers"))]
+
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60, check=False)
+
+    assert done.returncode == 3, done.stderr  # Dramatiq's "broker connection failed": a supervisor retries
+    assert "run orders-broker-setup" in done.stderr
