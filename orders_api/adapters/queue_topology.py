@@ -15,6 +15,8 @@ it is empty and nobody consumes from it, and otherwise stops, saying how to drai
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,13 +101,24 @@ def set_up_placement_queues(settings: Settings, *, role: str = "orders-broker-se
     report = SetupReport()
     management = management_for(settings)
     try:
-        legacy = [name for name in _queue_names(settings) if _is_legacy(management.queue(name))]
-        for policy in policies_for(settings):
-            if _put_if_changed(management, policy):
-                report.policies_put.append(policy.name)
-        _declare_queues(settings, management, legacy, report, role=role)
+        with _channel(settings, role) as channel:
+            legacy = [name for name in _queue_names(settings) if _is_legacy(management.queue(name))]
+            # Every legacy queue is checked before anything changes: all are migrated, or none.
+            for name in legacy:
+                _refuse_unless_idle(channel, management, name)
+            for policy in policies_for(settings):
+                if _put_if_changed(management, policy):
+                    report.policies_put.append(policy.name)
+            for name in legacy:
+                _delete_legacy(channel, name)
+                report.queues_recreated.append(name)
+            # After the policies: a queue created under its policy has it from its first message.
+            for declaration in queue_declarations(settings.placement_queue):
+                channel.queue_declare(declaration.name, durable=True, arguments=declaration.arguments)
     except ManagementError as error:
         raise TopologyError(f"RabbitMQ's management API: {error}") from error
+    except _BROKER_ERRORS as error:
+        raise TopologyError(f"setting up the placement queues failed: {error!r}") from error
     finally:
         management.close()
     return report
@@ -188,10 +201,9 @@ def _unsafe(existing: dict[str, Any], policy: QueuePolicy) -> str | None:
     return None
 
 
-def _declare_queues(
-    settings: Settings, management: RabbitManagement, legacy: list[str], report: SetupReport, *, role: str
-) -> None:
-    """Recreate the empty legacy queues, then declare every queue with its type alone."""
+@contextmanager
+def _channel(settings: Settings, role: str) -> Iterator[BlockingChannel]:
+    """A channel on a connection of the setup's own, named after ``role``, closed at the end."""
     try:
         connection = pika.BlockingConnection(
             connection_parameters(
@@ -204,17 +216,7 @@ def _declare_queues(
     except _BROKER_ERRORS as error:
         raise TopologyError(f"cannot connect to RabbitMQ: {error!r}") from error
     try:
-        channel = connection.channel()
-        # Every legacy queue is checked before any is deleted: all three are migrated, or none.
-        for name in legacy:
-            _refuse_unless_idle(channel, management, name)
-        for name in legacy:
-            _delete_legacy(channel, name)
-            report.queues_recreated.append(name)
-        for declaration in queue_declarations(settings.placement_queue):
-            channel.queue_declare(declaration.name, durable=True, arguments=declaration.arguments)
-    except _BROKER_ERRORS as error:
-        raise TopologyError(f"declaring the placement queues failed: {error!r}") from error
+        yield connection.channel()
     finally:
         if connection.is_open:
             connection.close()
@@ -232,7 +234,7 @@ def _refuse_unless_idle(channel: BlockingChannel, management: RabbitManagement, 
     declared = channel.queue_declare(name, passive=True).method
     stats = management.queue(name) or {}
     ready = int(declared.message_count)
-    held = int(stats.get("messages", 0) or 0) + int(stats.get("messages_unacknowledged", 0) or 0)
+    held = int(stats.get("messages", 0) or 0)  # ready and unacknowledged
     consumers = max(int(declared.consumer_count), int(stats.get("consumers", 0) or 0))
     if ready or held or consumers:
         raise TopologyError(

@@ -231,11 +231,14 @@ def test_a_legacy_queue_holding_a_message_is_left_as_it_is_with_a_way_to_drain_i
     settings: Settings, rabbit: RabbitAdmin, channel: Any
 ) -> None:
     make_legacy(rabbit, channel, settings)
+    names = [policy.name for policy in queue_policies(settings.placement_queue)]
+    rabbit.delete_policies_if_present(*names)  # as before any setup of this version
     publish(channel, dq_name(settings.placement_queue), b"a retry waiting")
 
     done = broker_setup(settings)
 
     assert done.returncode == 1
+    assert [rabbit.policy(name) for name in names] == [None] * 3, "a refused migration changes nothing"
     assert "Drain it first" in done.stderr
     assert dq_name(settings.placement_queue) in done.stderr
     for name, arguments in legacy_arguments(settings.placement_queue).items():
