@@ -23,8 +23,9 @@ browser: ## Debian's Chromium, for the test that renders /docs (tests/e2e/test_d
 services: ## Start PostgreSQL and RabbitMQ if they are down; enable RabbitMQ's management console
 	scripts/ensure-services.sh
 
-migrate: install services ## Create the database if missing and migrate it
+migrate: install services ## Create the database if missing and migrate it; set up the queues and their policies
 	$(BIN)/orders-db-upgrade
+	$(BIN)/orders-broker-setup
 
 run: migrate ## Serve the API on http://127.0.0.1:$(PORT) and run the workers, in the foreground
 	VENV=$(VENV) scripts/run.sh

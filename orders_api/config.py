@@ -18,6 +18,12 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/orders"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 #: The queue holding one message per order still to be placed on the exchange.
 DEFAULT_PLACEMENT_QUEUE = "order-placement"
+#: Deliveries after which RabbitMQ dead-letters a placement message: the backstop for a message
+#: that kills its worker before the order's own poison check can see it. High enough that
+#: innocent messages, returned to the queue each time a worker holding them dies, never reach it.
+DEFAULT_DELIVERY_LIMIT = 20
+#: Milliseconds a dead letter stays in the dead-letter queue: a week, as Dramatiq keeps them.
+DEFAULT_DEAD_LETTER_TTL_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,15 @@ class Settings:
     #: retry backoff (``PLACEMENT_MAX_BACKOFF_MS``, 5 min) plus a claim's lease (``CLAIM_LEASE_MS``,
     #: 15 s), plus a margin.
     reconcile_stale_after_s: float = 900.0
+    #: RabbitMQ's management HTTP API, through which the placement queues' policies are set
+    #: (:mod:`orders_api.adapters.queue_policies`); several nodes' URLs are separated by ``;``.
+    #: ``None``: derived from ``rabbitmq_url`` (same hosts and credentials, port 15672, http).
+    rabbitmq_management_url: str | None = None
+    #: Deliveries of a placement message before RabbitMQ dead-letters it; a policy, so it can be
+    #: changed on existing queues (``orders-broker-setup``).
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+    #: Milliseconds a dead letter is kept; a policy too.
+    dead_letter_ttl_ms: int = DEFAULT_DEAD_LETTER_TTL_MS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,4 +99,7 @@ class Settings:
             reconcile_stale_after_s=float(
                 env.get("RECONCILE_STALE_AFTER_S", defaults.reconcile_stale_after_s)
             ),
+            rabbitmq_management_url=env.get("RABBITMQ_MANAGEMENT_URL") or None,
+            delivery_limit=int(env.get("PLACEMENT_DELIVERY_LIMIT", defaults.delivery_limit)),
+            dead_letter_ttl_ms=int(env.get("DEAD_LETTER_TTL_MS", defaults.dead_letter_ttl_ms)),
         )

@@ -19,6 +19,8 @@ import requests
 from dramatiq.common import dq_name, xq_name
 from psycopg2 import sql
 
+from orders_api.adapters.placement_queue import policy_name
+from orders_api.adapters.queue_topology import set_up_placement_queues
 from orders_api.adapters.schema import upgrade
 from orders_api.config import Settings
 from tests.rabbitmq_admin import MANAGEMENT_URL, RabbitAdmin
@@ -79,12 +81,24 @@ def settings(
 ) -> Iterator[Settings]:
     """Settings for this run's database and vhost, with a placement queue of this test's own.
 
-    The queue is named after the test, in the characters Dramatiq allows in queue names. Its
-    three quorum queues are deleted after the test: each holds file descriptors in RabbitMQ,
-    and a run's hundreds of them exhausted the broker's (1,024 here), which then stopped
-    accepting connections for seconds at a time.
+    The queue is named after the test, in the characters Dramatiq allows in queue names. It is
+    set up as ``make migrate`` sets up the service's (``orders-broker-setup``): its policies
+    put, its three quorum queues declared. They are deleted after the test, policies and all:
+    each quorum queue holds file descriptors in RabbitMQ, and a run's hundreds of them
+    exhausted the broker's (1,024 here), which then stopped accepting connections for seconds
+    at a time.
     """
     test_name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name)[:80]
     queue = f"order-placement.{test_name}.{uuid.uuid4().hex[:6]}"
-    yield Settings(database_url=database_url, rabbitmq_url=rabbitmq_url, placement_queue=queue)
+    settings = Settings(
+        database_url=database_url,
+        rabbitmq_url=rabbitmq_url,
+        placement_queue=queue,
+        rabbitmq_management_url=MANAGEMENT_URL,
+    )
+    set_up_placement_queues(settings)
+    yield settings
     rabbit.delete_queues_if_present(queue, dq_name(queue), xq_name(queue))
+    rabbit.delete_policies_if_present(
+        *(policy_name(name) for name in (queue, dq_name(queue), xq_name(queue)))
+    )

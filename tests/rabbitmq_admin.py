@@ -59,10 +59,13 @@ class RabbitAdmin:
     def reject_publishes_to(self, queue: str) -> None:
         """Make RabbitMQ nack every further publish to ``queue``: a full queue that rejects.
 
-        ``queue`` must exist. A quorum queue rejects only once it is *over* its length limit,
-        so one filler message (a placement request for an order that does not exist, which a
-        worker would drop) goes in first; policies apply asynchronously and the API cannot wait
-        for them, hence the short pause.
+        ``queue`` must exist, under the service's policy, whose ``overflow: reject-publish``
+        makes a full queue nack. The length limit of 0 comes from an *operator* policy, which
+        RabbitMQ merges with the service's (a second ordinary policy would replace it, taking
+        the dead-lettering away); :meth:`delete_policy` removes it. A quorum queue rejects only
+        once it is *over* its length limit, so one filler message (a placement request for an
+        order that does not exist, which a worker would drop) goes in first; policies apply
+        asynchronously and the API cannot wait for them, hence the short pause.
         """
         filler = {"queue_name": queue, "actor_name": "place_order", "args": [str(uuid.uuid4())], "kwargs": {}}
         routed = self._request(
@@ -79,7 +82,11 @@ class RabbitAdmin:
         ).json()["routed"]
         assert routed, f"queue {queue} must exist before it can be made to reject publishes"
         pattern = "^" + re.escape(queue) + "$"
-        self.set_policy(f"reject-{queue}", pattern, {"max-length": 0, "overflow": "reject-publish"})
+        self._request(
+            "PUT",
+            f"operator-policies/{self._vhost_path}/{quote(f'reject-{queue}', safe='')}",
+            json={"pattern": pattern, "definition": {"max-length": 0}, "apply-to": "queues", "priority": 10},
+        )
         time.sleep(0.5)
 
     def deny_consuming_from(self, queue: str) -> None:
@@ -95,7 +102,45 @@ class RabbitAdmin:
         self._request("PUT", f"permissions/{self._vhost_path}/{user}", json=permissions)
 
     def delete_policy(self, name: str) -> None:
-        self._request("DELETE", f"policies/{self._vhost_path}/{quote(name, safe='')}")
+        """Delete policy ``name``, or the operator policy of that name (:meth:`reject_publishes_to`)."""
+        kind = "operator-policies" if name.startswith("reject-") else "policies"
+        self._request("DELETE", f"{kind}/{self._vhost_path}/{quote(name, safe='')}")
+
+    def delete_policies_if_present(self, *names: str) -> None:
+        """Delete each of the policies ``names`` that exists; missing ones are no error."""
+        for name in names:
+            response = requests.delete(
+                f"{self._management_url}/api/policies/{self._vhost_path}/{quote(name, safe='')}",
+                auth=MANAGEMENT_AUTH,
+                timeout=_TIMEOUT_S,
+            )
+            if response.status_code != 404:
+                response.raise_for_status()
+
+    def policy(self, name: str) -> dict[str, Any] | None:
+        response = requests.get(
+            f"{self._management_url}/api/policies/{self._vhost_path}/{quote(name, safe='')}",
+            auth=MANAGEMENT_AUTH,
+            timeout=_TIMEOUT_S,
+        )
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def connection_names(self) -> set[str]:
+        """The ``connection_name`` of every client connected to this vhost, as the console lists them.
+
+        The list comes from statistics that lag a second or so behind new connections.
+        """
+        connections: list[dict[str, Any]] = self._request(
+            "GET", f"vhosts/{self._vhost_path}/connections"
+        ).json()
+        return {
+            str(connection.get("client_properties", {}).get("connection_name", ""))
+            for connection in connections
+        }
 
     def close_consumer_connections(self, queue: str) -> int:
         """Close every connection consuming from ``queue``, as a network blip would; return how many.

@@ -11,8 +11,9 @@ from dramatiq.common import dq_name, xq_name
 from dramatiq.middleware import CurrentMessage, ShutdownNotifications
 
 from orders_api.adapters.placement_queue import queue_declarations
-from orders_api.adapters.rabbitmq_nodes import URL_SEPARATOR, node_urls
+from orders_api.adapters.rabbitmq_nodes import URL_SEPARATOR, connection_name, node_urls
 from workers.liveness import WorkerLiveness
+from workers.queue_policies import QueuePolicies
 from workers.requeue import RequeuingConsumer
 from workers.retries import DeadLetteringRetries, GiveUpHandler
 from workers.settings import WorkerSettings
@@ -45,6 +46,10 @@ def _bounded_node_url(url: str, connect_timeout_s: float) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+#: How the workers' connections introduce themselves in RabbitMQ's console.
+CONNECTION_ROLE = "orders-worker"
+
+
 class PlacementBroker(RabbitmqBroker):
     """Dramatiq's RabbitMQ broker, declaring its queues exactly as the API does.
 
@@ -52,7 +57,18 @@ class PlacementBroker(RabbitmqBroker):
     re-declare a queue with different arguments, so both sides use
     :func:`orders_api.adapters.placement_queue.queue_declarations`. Its consumers requeue the
     messages whose retry could not be scheduled (:class:`workers.requeue.RequeuingConsumer`).
+    Every connection carries the process's ``connection_name``.
     """
+
+    def __init__(
+        self, *, url: str, confirm_delivery: bool = True, middleware: list[dramatiq.Middleware] | None = None
+    ) -> None:
+        super().__init__(url=url, confirm_delivery=confirm_delivery, middleware=middleware)
+        # Built in the worker process itself (the CLI imports the wiring after forking), so the
+        # name carries that process's pid; pika adds it to its own client properties.
+        nodes = self.parameters if isinstance(self.parameters, list) else [self.parameters]
+        for node in nodes:
+            node.client_properties = {"connection_name": connection_name(CONNECTION_ROLE)}
 
     @property
     def consumer_class(self) -> type[RequeuingConsumer]:
@@ -91,5 +107,6 @@ def create_broker(
             DeadLetteringRetries(on_give_up=on_give_up),
             WorkerLiveness(),
             claim_renewal,
+            QueuePolicies(settings.shared),
         ],
     )

@@ -50,8 +50,8 @@ class DeadLetteringRetries(Retries):
     :data:`LONGEST_REQUEUE_PAUSE_S` with each failure in a row in this process (a scheduled retry
     resets it), with jitter, and at once when the worker is stopping. A requeued message is
     prefetched again at once, and with publishes failing fast (nacks) it would loop every ~0.1 s;
-    on a quorum queue every requeue counts toward the placement queue's ``x-delivery-limit``
-    (``orders_api.adapters.placement_queue.DELIVERY_LIMIT``), so a fast loop would have RabbitMQ
+    on a quorum queue every requeue counts toward the placement queue's delivery limit (its
+    policy's ``delivery-limit``, ``PLACEMENT_DELIVERY_LIMIT``), so a fast loop would have RabbitMQ
     dead-letter it within seconds, the outcome this avoids. That limit stays the backstop for a
     message that keeps coming back (a poison message); its Dramatiq retry count is not spent,
     since RabbitMQ hands back the message as it was delivered.

@@ -27,7 +27,7 @@ import pika.frame
 import pika.spec
 from pika.adapters.select_connection import IOLoop, SelectConnection
 
-from orders_api.adapters.rabbitmq_nodes import after, connection_parameters
+from orders_api.adapters.rabbitmq_nodes import after, connection_name, connection_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,12 @@ class ConfirmedPublisher:
         *,
         connect_timeout_s: float,
         confirm_timeout_s: float,
+        connection_role: str = "orders-api",
     ) -> None:
         self._url = url
+        #: Who the connection says it is in RabbitMQ's console (:func:`connection_name`); may be
+        #: changed before the first publish, by a command that publishes through the API's wiring.
+        self.connection_role = connection_role
         #: Index, in the URL's nodes, of the node that served the last connection.
         self._last_node: int | None = None
         self._declarations = tuple(declarations)
@@ -182,7 +186,7 @@ class ConfirmedPublisher:
             self._url,
             connect_timeout_s=self._connect_timeout_s,
             blocked_connection_timeout_s=BLOCKED_CONNECTION_TIMEOUT_S,
-            connection_name=f"orders-api publisher pid={os.getpid()}",
+            connection_name=connection_name(self.connection_role),
         )
 
     def _run(self) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from pika.spec import BasicProperties
 
 from orders_api.adapters.placement_queue import PLACE_ORDER_ACTOR
-from orders_api.adapters.rabbitmq_nodes import connection_parameters
+from orders_api.adapters.rabbitmq_nodes import connection_name, connection_parameters
 from orders_api.service_layer.dead_letters import DeadLetter, DeadLetterQueueError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ class RabbitDeadLetterQueue:
             self._url,
             connect_timeout_s=self._connect_timeout_s,
             blocked_connection_timeout_s=BLOCKED_CONNECTION_TIMEOUT_S,
-            connection_name=f"orders dead-letter tool pid={os.getpid()}",
+            connection_name=connection_name("orders-dead-letters"),
             heartbeat_s=HEARTBEAT_S,
         )
 

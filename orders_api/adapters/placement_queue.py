@@ -6,22 +6,53 @@ Dramatiq's own, so the Dramatiq worker consumes what is published here.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import DEAD_MESSAGE_TTL
 from dramatiq.common import dq_name, xq_name
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage, QueueDeclaration
+from orders_api.config import DEFAULT_DEAD_LETTER_TTL_MS, DEFAULT_DELIVERY_LIMIT
 
 #: Name of the Dramatiq actor that places an order on the exchange.
 PLACE_ORDER_ACTOR = "place_order"
-#: Redeliveries after which RabbitMQ dead-letters a placement message: the backstop for a
-#: message that kills its worker before the order's own poison check can see it. High enough
-#: that innocent messages, returned to the queue each time a worker holding them dies, never
-#: reach it.
-DELIVERY_LIMIT = 20
+#: The default delivery limit (``PLACEMENT_DELIVERY_LIMIT``); see :mod:`orders_api.config`.
+DELIVERY_LIMIT = DEFAULT_DELIVERY_LIMIT
+#: Priority of the placement queues' policies. RabbitMQ applies one policy per queue, the one of
+#: highest priority; above the 0 of a site-wide catch-all policy, so that such a policy cannot
+#: silently take the dead-lettering away from these queues.
+POLICY_PRIORITY = 100
+#: The only argument the queues are declared with: a queue's type cannot come from a policy.
+#: Everything else is in their policies, which, unlike arguments, can change on a live queue.
+QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """A RabbitMQ policy applying to exactly one queue, as the management API takes it."""
+
+    name: str
+    queue: str
+    definition: dict[str, Any]
+    priority: int = POLICY_PRIORITY
+
+    @property
+    def pattern(self) -> str:
+        """A regular expression matching the queue's name and nothing else, so patterns never overlap."""
+        return "^" + re.escape(self.queue) + "$"
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of ``PUT /api/policies/{vhost}/{name}``."""
+        return {
+            "pattern": self.pattern,
+            "definition": self.definition,
+            "apply-to": "queues",
+            "priority": self.priority,
+        }
 
 
 def queue_declarations(queue_name: str) -> tuple[QueueDeclaration, ...]:
@@ -29,25 +60,52 @@ def queue_declarations(queue_name: str) -> tuple[QueueDeclaration, ...]:
 
     All three are quorum queues: replicated in a cluster, measured faster and with a better tail
     than classic queues for confirmed publishes here (docs/queue-types.md), and the only kind
-    that counts redeliveries. The placement queue dead-letters a message redelivered more than
-    :data:`DELIVERY_LIMIT` times (a message that keeps killing its worker), and dead-letters
-    *at least once*: a rejected message is kept until the dead-letter queue has it, which
-    RabbitMQ requires to pair with ``reject-publish`` overflow. The names follow Dramatiq's
-    (``.DQ``, ``.XQ``) and the workers' broker declares them through this same function, since
-    RabbitMQ refuses (406) a declaration whose arguments differ from the existing queue's.
+    that counts redeliveries. They are declared with their type only; their dead-lettering,
+    overflow, delivery limit and message TTL come from :func:`queue_policies`, since RabbitMQ
+    refuses (406) to re-declare a queue with arguments that differ from its own, which would
+    make any change of those settings a deletion of the queues. The names follow Dramatiq's
+    (``.DQ``, ``.XQ``); the workers' broker declares them through this same function.
+    """
+    return tuple(
+        QueueDeclaration(name, dict(QUEUE_ARGUMENTS))
+        for name in (queue_name, dq_name(queue_name), xq_name(queue_name))
+    )
+
+
+def queue_policies(
+    queue_name: str,
+    *,
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+    dead_letter_ttl_ms: int = DEFAULT_DEAD_LETTER_TTL_MS,
+) -> tuple[QueuePolicy, ...]:
+    """The policies of the three placement queues, one each, on patterns that match only that queue.
+
+    The placement queue dead-letters a message delivered more than ``delivery_limit`` times (a
+    message that keeps killing its worker), and both it and the delay queue dead-letter what a
+    worker rejects into the dead-letter queue, *at least once*: a rejected message is kept
+    until the dead-letter queue has it, which RabbitMQ requires to pair with ``reject-publish``
+    overflow. The dead-letter queue drops letters older than ``dead_letter_ttl_ms``.
     """
     dead_lettering = {
-        "x-queue-type": "quorum",
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": xq_name(queue_name),
-        "x-dead-letter-strategy": "at-least-once",
-        "x-overflow": "reject-publish",
+        "dead-letter-exchange": "",
+        "dead-letter-routing-key": xq_name(queue_name),
+        "dead-letter-strategy": "at-least-once",
+        "overflow": "reject-publish",
     }
     return (
-        QueueDeclaration(queue_name, {**dead_lettering, "x-delivery-limit": DELIVERY_LIMIT}),
-        QueueDeclaration(dq_name(queue_name), dead_lettering),
-        QueueDeclaration(xq_name(queue_name), {"x-queue-type": "quorum", "x-message-ttl": DEAD_MESSAGE_TTL}),
+        QueuePolicy(
+            policy_name(queue_name), queue_name, {**dead_lettering, "delivery-limit": delivery_limit}
+        ),
+        QueuePolicy(policy_name(dq_name(queue_name)), dq_name(queue_name), dead_lettering),
+        QueuePolicy(
+            policy_name(xq_name(queue_name)), xq_name(queue_name), {"message-ttl": dead_letter_ttl_ms}
+        ),
     )
+
+
+def policy_name(queue: str) -> str:
+    """The name of the policy of ``queue``: the queue's own, so that an operator finds one from the other."""
+    return f"orders:{queue}"
 
 
 class PlacementPublisher:

@@ -11,6 +11,8 @@ which keeps one connection for good, reconnects beginning with the node after th
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -31,6 +33,16 @@ def node_urls(url: str) -> list[str]:
     if not urls:
         raise ValueError("RABBITMQ_URL names no RabbitMQ node")
     return urls
+
+
+def connection_name(role: str) -> str:
+    """The ``connection_name`` a client of ``role`` (``orders-api``, ``orders-worker``...) shows in RabbitMQ.
+
+    The management console lists connections by it: with the host (the pod's name, under
+    Kubernetes) and the process, an operator can tell whose connection is stuck or blocked.
+    Read when a connection opens, so that a forked process names its own.
+    """
+    return f"{role} {socket.gethostname()} pid {os.getpid()}"
 
 
 def connection_parameters(

@@ -19,6 +19,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
+from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
 from orders_api.adapters.dead_letters import RabbitDeadLetterQueue
 from orders_api.config import Settings
 from orders_api.entrypoints.orders import order_representation
@@ -54,6 +55,12 @@ def _settings() -> Settings:
     return settings
 
 
+def _name_connections(role: str) -> None:
+    """Have the app's publisher name its connection after ``role``, not the API; before it connects."""
+    publisher: ConfirmedPublisher = current_app.extensions["orders.publisher"]
+    publisher.connection_role = role
+
+
 # --- reconcile ---------------------------------------------------------------------------------
 
 
@@ -72,6 +79,7 @@ def reconcile_command(every: float | None) -> None:
     Also purges expired idempotency keys. Without --every, one pass; the exit status says
     whether it completed.
     """
+    _name_connections("orders-reconcile")
     if every is None:
         if not reconcile_once():
             raise click.ClickException("the reconciliation pass did not complete; see the log")
@@ -206,6 +214,7 @@ def replay_command(message_id: str | None, replay_all: bool) -> None:
     """
     if (message_id is None) == (not replay_all):
         raise click.UsageError("give either a MESSAGE_ID or --all")
+    _name_connections("orders-dead-letters")
     services = _services()
     queue = _queue()
     try:

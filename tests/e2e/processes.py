@@ -246,6 +246,8 @@ def service_environment(settings: Settings, options: ProcessOptions) -> dict[str
         DATABASE_URL=settings.database_url,
         RABBITMQ_URL=settings.rabbitmq_url,
         PLACEMENT_QUEUE=settings.placement_queue,
+        # The workers check the queues' policies through it at boot.
+        RABBITMQ_MANAGEMENT_URL=settings.rabbitmq_management_url or "",
         # As under `make run`: each worker process sizes its database pool by its thread count.
         WORKER_THREADS=str(options.worker_threads),
         PYTHONUNBUFFERED="1",

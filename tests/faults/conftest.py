@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
+from orders_api.adapters.queue_topology import set_up_placement_queues
 from orders_api.adapters.schema import upgrade
 from orders_api.config import Settings
 from tests.faults.harness import FaultRun
@@ -49,6 +50,7 @@ def fault_run(
 ) -> FaultRun:
     """A migrated database and a vhost of this scenario's own on the private servers.
 
+    The placement queues are set up there as ``make migrate`` does (``orders-broker-setup``).
     Both go away with the private servers at the end of the session.
     """
     short_name = re.sub(r"[^a-z0-9]+", "_", request.node.name.removeprefix("test_").lower())[:40]
@@ -61,7 +63,9 @@ def fault_run(
         database_url=database_url,
         rabbitmq_url=f"{rabbitmq_node.url}/{quote(name, safe='')}",
         placement_queue="order-placement",
+        rabbitmq_management_url=rabbitmq_node.management_url,
     )
+    set_up_placement_queues(settings)
     run = FaultRun(settings, postgres_server, rabbitmq_node, admin, tmp_path)
     request.node.stash[_FAULT_RUN] = run
     return run

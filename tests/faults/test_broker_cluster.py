@@ -17,10 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import pika
 import pytest
 
-from orders_api.adapters.placement_queue import queue_declarations
+from orders_api.adapters.queue_topology import set_up_placement_queues
 from orders_api.adapters.schema import upgrade
 from orders_api.config import Settings
 from tests.faults.cluster import ClusterNode, PrivateRabbitMQCluster, private_rabbitmq_cluster
@@ -54,26 +53,29 @@ def cluster_run(
     admin.create_vhost()
     _declare_queues_on(cluster.nodes[0], name, "order-placement")
     settings = Settings(
-        database_url=database_url, rabbitmq_url=cluster.url(name), placement_queue="order-placement"
+        database_url=database_url,
+        rabbitmq_url=cluster.url(name),
+        placement_queue="order-placement",
+        rabbitmq_management_url=";".join(node.management_url for node in cluster.nodes),
     )
     return FaultRun(settings, postgres_server, cluster.nodes[0], admin, tmp_path)
 
 
 def _declare_queues_on(node: ClusterNode, vhost: str, queue: str) -> None:
-    """Declare the placement queues as the service does, over a connection to ``node``.
+    """Set up the placement queues as ``orders-broker-setup`` does, over a connection to ``node``.
 
     A quorum queue's first leader is the node its declaring client is connected to
     (``client-local``), and the service's clients connect to the first node of the URL: declared
     from there, the leader the scenario kills is the node the clients use, so that their
     failover is exercised, not left to which client happened to declare first.
     """
-    connection = pika.BlockingConnection(pika.URLParameters(f"{node.url}/{quote(vhost, safe='')}"))
-    try:
-        channel = connection.channel()
-        for declaration in queue_declarations(queue):
-            channel.queue_declare(declaration.name, durable=True, arguments=declaration.arguments)
-    finally:
-        connection.close()
+    set_up_placement_queues(
+        Settings(
+            rabbitmq_url=f"{node.url}/{quote(vhost, safe='')}",
+            rabbitmq_management_url=node.management_url,
+            placement_queue=queue,
+        )
+    )
 
 
 def test_orders_survive_the_rabbitmq_node_leading_the_placement_queue_killed_mid_stream(

@@ -226,8 +226,10 @@ def test_replay_needs_either_a_message_id_or_all(client: FlaskClient) -> None:
 
 
 def test_listing_a_dead_letter_queue_that_does_not_exist_yet_says_there_is_none(
-    client: FlaskClient, settings: Settings
+    client: FlaskClient, settings: Settings, rabbit: RabbitAdmin
 ) -> None:
+    rabbit.delete_queue(xq(settings))  # as before any setup or worker declared it
+
     listed = cli(client, "list")
 
     assert listed.exit_code == 0, listed.output

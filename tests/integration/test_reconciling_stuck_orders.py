@@ -8,6 +8,8 @@ can reach, so the table-wide sweep only ever sees the orders of the test at hand
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ from tests.integration.placement_helpers import (
     ORDER,
     SETTLE_TIMEOUT_S,
     RecordingExchange,
+    eventually,
     settled_row,
 )
 from tests.rabbitmq_admin import RabbitAdmin
@@ -230,3 +233,26 @@ def test_two_concurrent_sweeps_split_the_stale_orders_and_republish_each_once(
     assert sorted(map(str, first_sweep + second_sweep)) == sorted(order_ids)
     assert requested_order_ids(rabbit, settings) == sorted(order_ids)
     assert republish_stale_orders(unit_of_work, placements, stale_after=STALE_AFTER) == []
+
+
+def test_the_sweep_names_its_broker_connection_as_the_sweep(
+    client: FlaskClient,
+    client_for: Callable[[Settings], FlaskClient],
+    sweep_settings: Settings,
+    backdate: Callable[..., None],
+    rabbit: RabbitAdmin,
+) -> None:
+    [order_id] = post_orders(client, 1)
+    backdate(order_id)
+    sweep = client_for(sweep_settings).application  # a process of its own, as `flask reconcile` runs
+
+    result = sweep.test_cli_runner().invoke(args=["reconcile"])
+
+    assert result.exit_code == 0, result.output
+    name = f"orders-reconcile {socket.gethostname()} pid {os.getpid()}"
+
+    def listed() -> bool:
+        """the management API lists the sweep's connection by its name"""
+        return name in rabbit.connection_names()
+
+    eventually(listed)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 
-from orders_api.adapters.rabbitmq_nodes import after, connection_parameters, node_urls
+from orders_api.adapters.rabbitmq_nodes import after, connection_name, connection_parameters, node_urls
 from workers.broker import PlacementBroker, bounded_url
 
 pytestmark = pytest.mark.unit
@@ -90,3 +93,11 @@ def test_the_workers_broker_reads_every_node_with_its_bounds() -> None:
         ("127.0.0.1", 5674),
     ]
     assert {(p.socket_timeout, p.stack_timeout, p.heartbeat) for p in broker.parameters} == {(2.0, 4.0, 20)}
+
+
+def test_the_workers_connections_are_named_after_the_worker_its_host_and_process() -> None:
+    broker = PlacementBroker(url=bounded_url(f"{NODE_A};{NODE_B}", connect_timeout_s=2.0))
+
+    expected = f"orders-worker {socket.gethostname()} pid {os.getpid()}"
+    assert [p.client_properties for p in broker.parameters] == [{"connection_name": expected}] * 2
+    assert connection_name("orders-worker") == expected
