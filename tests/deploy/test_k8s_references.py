@@ -163,6 +163,8 @@ def test_every_pod_of_the_service_reaches_postgresql_and_rabbitmq(workload: Work
     """Catches a policy cutting a role off from the database or the broker: all its work would fail."""
     assert ingress_allowed(MANIFESTS, to=DATABASE_PODS, port=5432, source=workload.labels)
     assert ingress_allowed(MANIFESTS, to=BROKER_PODS, port=5672, source=workload.labels)
+    # The management API: orders-broker-setup puts the queue policies, every worker checks them.
+    assert ingress_allowed(MANIFESTS, to=BROKER_PODS, port=15672, source=workload.labels)
 
 
 def test_the_api_takes_requests_from_other_namespaces_on_its_services_port() -> None:
