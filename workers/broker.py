@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
@@ -79,8 +80,12 @@ def create_broker(
     *,
     time_limit: LiftableTimeLimit,
     claim_renewal: dramatiq.Middleware,
+    extra_middleware: Sequence[dramatiq.Middleware] = (),
 ) -> RabbitmqBroker:
-    """A broker whose retries never lose a message and report every message they give up on."""
+    """A broker whose retries never lose a message and report every message they give up on.
+
+    ``extra_middleware`` (say, Dramatiq's Prometheus middleware) is added after the others.
+    """
     return PlacementBroker(
         url=bounded_url(settings.shared.rabbitmq_url, settings.shared.connect_timeout_s),
         confirm_delivery=True,
@@ -91,5 +96,6 @@ def create_broker(
             DeadLetteringRetries(on_give_up=on_give_up),
             WorkerLiveness(),
             claim_renewal,
+            *extra_middleware,
         ],
     )
