@@ -78,16 +78,25 @@ class CachedReading:
         self._up = False
         self._refreshing: Future[None] | None = None
 
-    def get(self) -> Reading:
-        """The current reading, refreshed first (within ``wait_s``) if the last attempt is too old."""
+    def refresh_if_due(self) -> None:
+        """Start a refresh if the last attempt is too old, without waiting for it.
+
+        A scrape starts every reading's refresh first, so that their waits overlap.
+        """
+        self._start_refresh_if_due()
+
+    def get(self, wait_s: float | None = None) -> Reading:
+        """The current reading, refreshed first if the last attempt is too old.
+
+        The caller waits for the refresh up to ``wait_s`` (by default the reading's own).
+        """
+        wait_s = self._wait_s if wait_s is None else wait_s
         refreshing = self._start_refresh_if_due()
         if refreshing is not None:
             try:
-                refreshing.result(timeout=self._wait_s)
+                refreshing.result(timeout=wait_s)
             except FutureTimeout:
-                logger.warning(
-                    "%s: no answer within %g s; reporting the last value", self._name, self._wait_s
-                )
+                logger.warning("%s: no answer within %.2g s; reporting the last value", self._name, wait_s)
         with self._lock:
             age_s = None if self._read_at is None else max(0.0, self._clock() - self._read_at)
             return Reading(self._value, age_s, self._up)
@@ -126,9 +135,13 @@ class CachedReading:
 class OnCallGauges(Collector):
     """A prometheus_client collector for the on-call readings; values from this process's cache."""
 
-    def __init__(self, readings: dict[str, tuple[CachedReading, str]]) -> None:
-        """``readings`` maps each gauge's name to its reading and its help text."""
+    def __init__(self, readings: dict[str, tuple[CachedReading, str]], *, wait_s: float = WAIT_S) -> None:
+        """``readings`` maps each gauge's name to its reading and its help text.
+
+        A scrape waits ``wait_s`` in all for the readings' refreshes, which run side by side.
+        """
         self._readings = readings
+        self._wait_s = wait_s
 
     def describe(self) -> Iterator[Metric]:
         """The gauges' names, without reading anything: a registry calls this when the collector is added."""
@@ -140,8 +153,11 @@ class OnCallGauges(Collector):
         """Each gauge's value (NaN if never read), plus how old it is and whether its last read worked."""
         age = GaugeMetricFamily(*self._AGE, labels=["gauge"])
         up = GaugeMetricFamily(*self._UP, labels=["gauge"])
+        deadline = time.monotonic() + self._wait_s
+        for reading, _ in self._readings.values():
+            reading.refresh_if_due()
         for name, (reading, documentation) in self._readings.items():
-            current = reading.get()
+            current = reading.get(max(0.0, deadline - time.monotonic()))
             yield GaugeMetricFamily(name, documentation, value=_known(current.value))
             age.add_metric([name], _known(current.age_s))
             up.add_metric([name], 1.0 if current.up else 0.0)
