@@ -9,8 +9,10 @@ age and a dead letter.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -90,6 +92,19 @@ def test_api_metrics_add_up_over_both_gunicorn_workers_and_workers_count_placeme
     assert 1 <= batches <= len(posted)
     assert _value(api, "orders_publish_confirm_seconds_count") == batches
     assert _value(api, "orders_publish_failures_total") == 0
+
+    # A web worker that dies takes none of its counts with it: its files stay in the directory.
+    os.kill(int(next(iter(by_worker))), signal.SIGKILL)
+    _eventually(
+        lambda: service.api_log.read_text(errors="replace").count("Booting worker with pid") > 2 or None,
+        "gunicorn to replace the killed web worker",
+    )
+    with requests.Session() as session:
+        for _ in range(6):
+            api = _scrape(session, f"{service.base_url}/metrics")
+            assert _value(
+                api, "flask_http_request_duration_seconds_count", method="POST", status="201"
+            ) == len(posted)
 
     _wait_until_placed(settings, posted)
     with requests.Session() as session:
