@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
-from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE
+from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE, existing_metrics_directory
 
 #: Seconds: a warm confirm takes about a millisecond, a batch a few; the timeout is 2 s.
 CONFIRM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
@@ -42,7 +42,12 @@ class ApiMetrics:
     """The API's own metrics, fed by the publisher's and the group commit's callbacks."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        """Create the metrics in ``registry``, one per app, so that two apps in one process do not clash."""
+        """Create the metrics in ``registry``, one per app, so that two apps in one process do not clash.
+
+        A configured multiprocess directory is created first if missing, as a metric writes its
+        file at once.
+        """
+        existing_metrics_directory(os.environ)
         self._confirm_seconds = Histogram(
             "orders_publish_confirm_seconds",
             "Seconds from handing messages to the publisher to RabbitMQ's confirm of all of them.",

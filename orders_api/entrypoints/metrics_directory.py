@@ -14,7 +14,7 @@ imported in the process, because it picks its storage at import time.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 
 #: The variable prometheus_client reads, at import, to choose multiprocess mode and its directory.
@@ -38,4 +38,19 @@ def fresh_metrics_directory(environ: MutableMapping[str, str], names: Sequence[s
             metric_file.unlink(missing_ok=True)
     for name in names:
         environ[name] = str(directory)
+    return directory
+
+
+def existing_metrics_directory(environ: Mapping[str, str]) -> Path | None:
+    """Create the multiprocess metrics directory if one is configured and missing; empty it never.
+
+    For processes that do not own the directory: a Flask CLI command run with the API's
+    environment (a CronJob, say) would otherwise crash creating its first metric, since
+    prometheus_client writes a file per process as soon as a metric exists.
+    """
+    configured = environ.get(MULTIPROC_DIR_VARIABLE)
+    if not configured:
+        return None
+    directory = Path(configured)
+    directory.mkdir(parents=True, exist_ok=True)
     return directory

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orders_api.entrypoints.metrics_directory import fresh_metrics_directory
+from orders_api.entrypoints.metrics_directory import existing_metrics_directory, fresh_metrics_directory
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +49,17 @@ def test_without_a_configured_directory_a_new_empty_one_is_made(
     assert chosen.name.startswith("orders-api-metrics-")
     assert list(chosen.iterdir()) == []
     assert environ == {"PROMETHEUS_MULTIPROC_DIR": str(chosen)}
+
+
+def test_a_process_that_does_not_own_the_directory_creates_it_if_missing_and_never_empties_it(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "missing" / "metrics"
+    assert existing_metrics_directory({"PROMETHEUS_MULTIPROC_DIR": str(missing)}) == missing
+    assert missing.is_dir()
+    (missing / "counter_1.db").write_bytes(b"the API's counts")
+
+    existing_metrics_directory({"PROMETHEUS_MULTIPROC_DIR": str(missing)})
+
+    assert (missing / "counter_1.db").read_bytes() == b"the API's counts"
+    assert existing_metrics_directory({}) is None
