@@ -183,6 +183,8 @@ def make_run(settings: Settings, log: Path) -> Iterator[Stack]:
         # The workers' metrics on a port of this test's own, not the default 9191.
         dramatiq_prom_host="127.0.0.1",
         dramatiq_prom_port=str(free_port()),
+        # run.sh puts the metrics directories there: the test's own folder, removed with it.
+        TMPDIR=str(log.parent),
     )
     with log.open("wb") as output:
         supervisor = subprocess.Popen(
