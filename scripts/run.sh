@@ -13,9 +13,18 @@ bin="${VENV:-.venv}/bin"
 # The supervisor splits each command as a shell would: quote the one part that may hold spaces.
 q="${bin@Q}"
 
+# Prometheus' multiprocess metric files: a directory for the API's gunicorn workers and one for
+# the worker pool, each emptied by its server when it starts (again after a restart). Named after
+# the port, which no other `make run` can share, so runs neither mix nor pile up directories.
+# The workers' metrics listen on loopback, like the API, unless dramatiq_prom_host says otherwise.
+metrics_dir="${TMPDIR:-/tmp}/orders-metrics-${PORT:-8000}"
+api_metrics="PROMETHEUS_MULTIPROC_DIR=${metrics_dir@Q}/api"
+worker_metrics="dramatiq_prom_db=${metrics_dir@Q}/workers PROMETHEUS_MULTIPROC_DIR=${metrics_dir@Q}/workers"
+worker_metrics+=" dramatiq_prom_host=${dramatiq_prom_host:-127.0.0.1}"
+
 echo "orders: API on http://127.0.0.1:${PORT:-8000}, workers and reconciliation;" \
   "a process that dies is restarted; Ctrl-C stops all three"
 exec "$bin/python" "$(dirname "$0")/supervise.py" \
-  api "$q/gunicorn --config python:orders_api.entrypoints.gunicorn_config orders_api.wsgi:app" \
-  workers "$q/orders-workers" \
+  api "env $api_metrics $q/gunicorn --config python:orders_api.entrypoints.gunicorn_config orders_api.wsgi:app" \
+  workers "env $worker_metrics $q/orders-workers" \
   reconciliation "$q/flask --app orders_api.wsgi reconcile --every 60"

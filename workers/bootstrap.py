@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import dramatiq
+from dramatiq.middleware.prometheus import Prometheus
 
 from orders_api import stock_exchange
 from orders_api.adapters.database import bound_database_waits, create_engine
@@ -19,6 +20,7 @@ from orders_api.service_layer.placement import (
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from workers.broker import create_broker
 from workers.claim_renewal import ClaimRenewal
+from workers.metrics import WorkerMetrics
 from workers.placement_actor import after_claim_ms, declare_place_order_actor, exchange_breaker
 from workers.retries import GiveUpDeferredError
 from workers.settings import WorkerSettings
@@ -37,12 +39,19 @@ def logged_exchange(order: Order) -> None:
     logger.info("exchange placed order %s", order.id)
 
 
-def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) -> dramatiq.Broker:
+def bootstrap(
+    settings: WorkerSettings, exchange: Exchange = logged_exchange, *, metrics: bool = False
+) -> dramatiq.Broker:
     """Build the broker with the ``place_order`` actor declared on it, and make it the global broker.
 
     Nothing connects here: the engines and the broker open connections on first use, and the
     claim renewals start when the worker boots.
+
+    With ``metrics``, Dramatiq's Prometheus middleware and :class:`workers.metrics.WorkerMetrics`
+    are wired in: only for processes run by Dramatiq's CLI, which boots the middleware (its
+    metrics are created in ``after_process_boot``) and starts its exposition server.
     """
+    observer = WorkerMetrics() if metrics else None
     # Bounds every database wait, and under gevent lets the other greenlets run meanwhile.
     bound_database_waits(settings.shared.db_reply_timeout_s)
     # Every write of the placement use cases is one compare-and-set statement that stands alone,
@@ -59,6 +68,19 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
     def unit_of_work() -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(engine)
 
+    def give_up(message: dramatiq.MessageProxy, error: BaseException) -> None:
+        """Fail the message's order; count the message as dead-lettered unless it is to be retried."""
+        try:
+            fail_order(message, error)
+        except GiveUpDeferredError:
+            raise
+        except Exception:
+            if observer is not None:
+                observer.gave_up(error)
+            raise
+        if observer is not None:
+            observer.gave_up(error)
+
     def fail_order(message: dramatiq.MessageProxy, error: BaseException) -> None:
         try:
             order_id = parse_order_id(message.args[0] if message.args else None)
@@ -74,7 +96,11 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
     claims = ClaimKeeper(lambda: SqlAlchemyUnitOfWork(renewal_engine), settings.claim_lease)
     time_limit = LiftableTimeLimit()
     broker = create_broker(
-        settings, on_give_up=fail_order, time_limit=time_limit, claim_renewal=ClaimRenewal(claims)
+        settings,
+        on_give_up=give_up,
+        time_limit=time_limit,
+        claim_renewal=ClaimRenewal(claims),
+        extra_middleware=[Prometheus()] if metrics else [],
     )
     dramatiq.set_broker(broker)
     declare_place_order_actor(
@@ -82,8 +108,9 @@ def bootstrap(settings: WorkerSettings, exchange: Exchange = logged_exchange) ->
         settings,
         unit_of_work,
         exchange,
-        breaker=exchange_breaker(settings),
+        breaker=exchange_breaker(settings, on_change=observer.breaker_changed if observer else None),
         claims=claims,
         time_limit=time_limit,
+        observer=observer,
     )
     return broker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
@@ -95,8 +96,12 @@ def create_broker(
     *,
     time_limit: LiftableTimeLimit,
     claim_renewal: dramatiq.Middleware,
+    extra_middleware: Sequence[dramatiq.Middleware] = (),
 ) -> RabbitmqBroker:
-    """A broker whose retries never lose a message and report every message they give up on."""
+    """A broker whose retries never lose a message and report every message they give up on.
+
+    ``extra_middleware`` (say, Dramatiq's Prometheus middleware) is added after the others.
+    """
     return PlacementBroker(
         url=bounded_url(settings.shared.rabbitmq_url, settings.shared.connect_timeout_s),
         confirm_delivery=True,
@@ -108,5 +113,6 @@ def create_broker(
             WorkerLiveness(),
             claim_renewal,
             QueuePolicies(settings.shared),
+            *extra_middleware,
         ],
     )

@@ -49,7 +49,9 @@ class CircuitBreaker:
         first_pause_s: float,
         longest_pause_s: float,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_change``, if given, is told ``True`` when the breaker opens and ``False`` when it closes."""
         if failures_to_open < 1 or quiet_s < 0 or not 0 < first_pause_s <= longest_pause_s:
             raise ValueError("need failures_to_open >= 1, quiet_s >= 0, 0 < first_pause_s <= longest_pause_s")
         self._name = name
@@ -58,6 +60,7 @@ class CircuitBreaker:
         self._first_pause_s = first_pause_s
         self._longest_pause_s = longest_pause_s
         self._clock = clock
+        self._on_change = on_change
         self._changed = threading.Condition()
         self._last_answer_at = clock()
         self._failures_since_answer = 0
@@ -100,6 +103,7 @@ class CircuitBreaker:
             self._probe_at = None
             self._pause_s = self._first_pause_s
             self._changed.notify_all()
+            self._report(is_open=False)
         logger.warning("%s is available again: calls resume", self._name)
 
     def _failed(self, *, probe: bool) -> None:
@@ -122,6 +126,7 @@ class CircuitBreaker:
                 return
             self._probe_at = now + self._pause_s
             failures = self._failures_since_answer
+            self._report(is_open=True)
         logger.warning(
             "%s unavailable: %d calls failed and none answered for %.1f s; holding calls back,"
             " first probe in %.1f s",
@@ -130,6 +135,15 @@ class CircuitBreaker:
             silent_s,
             self._pause_s,
         )
+
+    def _report(self, *, is_open: bool) -> None:
+        """Tell ``on_change``, under the lock so that reports keep the changes' order; errors are logged."""
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(is_open)
+        except Exception:
+            logger.exception("%s: on_change failed", self._name)
 
     def _admit(self, wait_s: float) -> bool:
         """Block until a call may go out; return whether the caller is the probe."""

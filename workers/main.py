@@ -7,4 +7,4 @@ wiring runs here, at import, once per process; everything else stays free of imp
 from workers.bootstrap import bootstrap
 from workers.settings import WorkerSettings
 
-broker = bootstrap(WorkerSettings.from_env())
+broker = bootstrap(WorkerSettings.from_env(), metrics=True)

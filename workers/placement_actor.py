@@ -6,6 +6,8 @@ import logging
 import random
 from collections.abc import Callable
 from contextlib import suppress
+from datetime import datetime
+from typing import Protocol
 
 import dramatiq
 import sqlalchemy as sa
@@ -16,6 +18,7 @@ from orders_api.service_layer.claims import ClaimKeeper
 from orders_api.service_layer.placement import (
     Exchange,
     OrderAlreadyFailedError,
+    PlacementOutcome,
     UnloadableOrderError,
     note_still_waiting,
     parse_order_id,
@@ -49,8 +52,28 @@ class WaitingForDatabaseError(dramatiq.Retry):
     """The message could not reach the database; retry it soon, without counting it as a retry."""
 
 
-def exchange_breaker(settings: WorkerSettings) -> CircuitBreaker:
-    """The circuit breaker in front of the exchange, one per worker process."""
+class PlacementObserver(Protocol):
+    """Told what each placement message came to, for metrics (:class:`workers.metrics.WorkerMetrics`)."""
+
+    def handled(self, outcome: PlacementOutcome, created_at: datetime | None) -> None:
+        """A message was handled; an order ``PLACED`` now was created at ``created_at``."""
+
+    def retried(self, reason: str) -> None:
+        """A message is to be retried, for ``reason``."""
+
+
+class _Unobserved:
+    def handled(self, outcome: PlacementOutcome, created_at: datetime | None) -> None:
+        pass
+
+    def retried(self, reason: str) -> None:
+        pass
+
+
+def exchange_breaker(
+    settings: WorkerSettings, on_change: Callable[[bool], None] | None = None
+) -> CircuitBreaker:
+    """The circuit breaker in front of the exchange, one per process; ``on_change`` sees it open, close."""
     longest_pause_s = settings.breaker_longest_pause_ms / 1000
     return CircuitBreaker(
         "the exchange",
@@ -58,6 +81,7 @@ def exchange_breaker(settings: WorkerSettings) -> CircuitBreaker:
         quiet_s=settings.breaker_quiet_ms / 1000,
         first_pause_s=min(FIRST_PROBE_PAUSE_S, longest_pause_s),
         longest_pause_s=longest_pause_s,
+        on_change=on_change,
     )
 
 
@@ -70,29 +94,40 @@ def declare_place_order_actor(
     breaker: CircuitBreaker,
     claims: ClaimKeeper,
     time_limit: LiftableTimeLimit,
+    observer: PlacementObserver | None = None,
 ) -> dramatiq.Actor[[str], None]:
-    """Declare the actor on ``broker`` with its retry policy and its dependencies bound."""
+    """Declare the actor on ``broker`` with its retry policy and its dependencies bound.
+
+    ``observer`` is told each message's outcome and each retry's reason (for metrics).
+    """
+    observed: PlacementObserver = observer or _Unobserved()
 
     def place_order(order_id: str) -> None:
         """Place the order named by the message; it carries an id, never the order itself."""
         parsed_id = parse_order_id(order_id)
+        called: list[Order] = []
         try:
             with breaker.admitted(settings.exchange_wait.total_seconds()) as call:
-                place_on_exchange(
-                    parsed_id, unit_of_work(), _watched(exchange, call, time_limit), claims=claims
+                outcome = place_on_exchange(
+                    parsed_id, unit_of_work(), _watched(exchange, call, time_limit, called), claims=claims
                 )
         except ClaimHeldError as held:
+            observed.retried("claim_held")
             raise dramatiq.Retry(str(held), delay=after_claim_ms(held)) from held
         except DependencyUnavailableError as down:
+            observed.retried("breaker_open")
             with suppress(*DATABASE_UNAVAILABLE):
                 note_still_waiting(parsed_id, unit_of_work())
             raise dramatiq.Retry(str(down)) from down
         except EXCHANGE_UNAVAILABLE as refused:
+            observed.retried("exchange_unavailable")
             logger.warning("order %s not placed, to be retried: %s", order_id, _describe(refused))
             raise dramatiq.Retry(str(refused)) from refused
         except DATABASE_UNAVAILABLE as away:
+            observed.retried("database_unavailable")
             logger.warning("order %s waits for the database: %s", order_id, _describe(away))
             raise WaitingForDatabaseError(str(away), delay=random.randint(*DATABASE_RETRY_DELAY_MS)) from away
+        observed.handled(outcome, called[0].created_at if called else None)
 
     def retry_when(retries: int, error: BaseException) -> bool:
         return isinstance(error, WaitingForDatabaseError) or retries < settings.max_retries
@@ -121,14 +156,18 @@ def after_claim_ms(held: ClaimHeldError) -> int:
     return int(held.retry_after.total_seconds() * 1000) + random.randint(100, 1000)
 
 
-def _watched(exchange: Exchange, call: AdmittedCall, time_limit: LiftableTimeLimit) -> Exchange:
+def _watched(
+    exchange: Exchange, call: AdmittedCall, time_limit: LiftableTimeLimit, called: list[Order]
+) -> Exchange:
     """``exchange``, telling the breaker whether each call found it available.
 
     The message's time limit is lifted as soon as the call ends: from then on the answer has
-    to be recorded, and nothing may interrupt that.
+    to be recorded, and nothing may interrupt that. The order called with is appended to
+    ``called``, for the time from its creation to its placement.
     """
 
     def place(order: Order) -> None:
+        called.append(order)
         try:
             exchange(order)
         except EXCHANGE_UNAVAILABLE:

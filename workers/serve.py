@@ -13,6 +13,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE, fresh_metrics_directory
+
 #: The module the CLI imports in each worker process; it wires the broker and the actor.
 WORKER_MODULE = "workers.main"
 #: Milliseconds Dramatiq waits, after SIGTERM, for the messages in flight before it stops their
@@ -20,6 +22,9 @@ WORKER_MODULE = "workers.main"
 #: exchange's answer is recorded within a few database timeouts; Kubernetes' grace period must
 #: exceed it.
 DEFAULT_SHUTDOWN_TIMEOUT_MS = 30_000
+#: Where Dramatiq's Prometheus middleware keeps its metric files (read when it is imported); the
+#: workers' own metrics go to the same directory, so one scrape of the metrics port shows both.
+DRAMATIQ_METRICS_DIR_VARIABLE = "dramatiq_prom_db"
 
 
 def worker_command(environ: Mapping[str, str], module: str = WORKER_MODULE) -> list[str]:
@@ -37,6 +42,15 @@ def worker_command(environ: Mapping[str, str], module: str = WORKER_MODULE) -> l
 
 
 def main() -> None:
-    """Replace this process with the Dramatiq CLI."""
+    """Replace this process with the Dramatiq CLI, with an empty metrics directory for this run.
+
+    The directory is ``dramatiq_prom_db`` or else ``PROMETHEUS_MULTIPROC_DIR`` (a new temporary
+    one if neither is set); both variables are set to it for the worker processes, before any of
+    them imports prometheus_client. Emptied here, once per start of the pool, because Dramatiq
+    does not: files of an earlier run would be added to this run's counts.
+    """
+    fresh_metrics_directory(
+        os.environ, [DRAMATIQ_METRICS_DIR_VARIABLE, MULTIPROC_DIR_VARIABLE], prefix="orders-workers-metrics-"
+    )
     command = worker_command(os.environ)
     os.execv(command[0], command)  # noqa: S606 -- the command is ours, not input

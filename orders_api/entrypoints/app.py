@@ -7,17 +7,20 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from prometheus_client import CollectorRegistry
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
 from orders_api.adapters.database import bound_database_waits, engine_options, sqlalchemy_url
 from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
 from orders_api.adapters.tables import metadata
 from orders_api.config import Settings
-from orders_api.entrypoints import docs, health, orders
+from orders_api.entrypoints import docs, health, metrics, orders
 from orders_api.entrypoints.cli import dead_letters_cli, reconcile_command
 from orders_api.entrypoints.errors import register_error_handlers
+from orders_api.entrypoints.on_call_gauges import on_call_gauges
 from orders_api.entrypoints.services import OrderServices
 from orders_api.service_layer.group_commit import GroupCommit
 from orders_api.service_layer.ordering import accept_orders
@@ -51,20 +54,27 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     app.config.from_prefixed_env()
     app.config.from_mapping(overrides or {})
     db.init_app(app)
+    registry = CollectorRegistry()
+    api_metrics = metrics.ApiMetrics(registry)
 
     publisher = ConfirmedPublisher(
         settings.rabbitmq_url,
         queue_declarations(settings.placement_queue),
         connect_timeout_s=settings.connect_timeout_s,
         confirm_timeout_s=settings.confirm_timeout_s,
+        observer=api_metrics,
     )
     atexit.register(publisher.close)
     placements = PlacementPublisher(publisher, settings.placement_queue)
 
-    def unit_of_work() -> SqlAlchemyUnitOfWork:
-        # Also called from the group commit's thread, which has no app context of its own.
+    def engine() -> sa.Engine:
+        # Also called from the group commit's and the metrics' threads, which have no app context.
         with app.app_context():
-            return SqlAlchemyUnitOfWork(db.engine)
+            engine: sa.Engine = db.engine
+            return engine
+
+    def unit_of_work() -> SqlAlchemyUnitOfWork:
+        return SqlAlchemyUnitOfWork(engine())
 
     app.extensions["orders"] = OrderServices(
         unit_of_work=unit_of_work,
@@ -73,6 +83,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
             lambda batch: accept_orders(batch, unit_of_work(), placements),
             max_batch=ORDERS_PER_COMMIT,
             wait_s=settings.group_commit_wait_s,
+            on_batch=api_metrics.batch_processed,
         ),
     )
     app.extensions["orders.publisher"] = publisher
@@ -81,6 +92,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     health.init_app(app)
     docs.init_app(app)
     register_error_handlers(app)
+    metrics.init_app(app, registry, on_call_gauges(settings, engine))
     app.cli.add_command(reconcile_command)
     app.cli.add_command(dead_letters_cli)
     return app

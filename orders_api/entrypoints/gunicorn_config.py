@@ -8,6 +8,9 @@ Kubernetes ConfigMap changes it without a new image.
 from __future__ import annotations
 
 import os
+from typing import Protocol
+
+from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE, fresh_metrics_directory
 
 #: Where to listen: ``BIND`` if set (the image sets ``0.0.0.0:8000``), else loopback on ``PORT``.
 bind = os.environ.get("BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
@@ -23,3 +26,22 @@ graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "20"))
 #: Otherwise every gunicorn on a machine shares ``~/.gunicorn/gunicorn.ctl``, and a read-only
 #: root filesystem has no home to put it in.
 control_socket_disable = True
+
+
+class _Worker(Protocol):
+    pid: int
+
+
+def on_starting(server: object) -> None:
+    """Give this server's web workers an empty multiprocess metrics directory (see ``GET /metrics``).
+
+    Runs once in the master, before any worker is forked, so every worker inherits the variable.
+    """
+    fresh_metrics_directory(os.environ, [MULTIPROC_DIR_VARIABLE], prefix="orders-api-metrics-")
+
+
+def child_exit(server: object, worker: _Worker) -> None:
+    """Drop a dead web worker's live gauges from the scrape; its counters stay, as they should."""
+    from prometheus_client import multiprocess  # imported only once the directory is set
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]  # untyped upstream

@@ -16,6 +16,7 @@ bring within a bounded time.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
+
+logger = logging.getLogger(__name__)
 
 
 class GroupCommitTimeoutError(Exception):
@@ -46,12 +49,21 @@ class GroupCommit(Generic[Item]):
     starts on first use, in the process that serves requests (after gunicorn has forked).
     """
 
-    def __init__(self, process: Callable[[list[Item]], None], *, max_batch: int, wait_s: float) -> None:
+    def __init__(
+        self,
+        process: Callable[[list[Item]], None],
+        *,
+        max_batch: int,
+        wait_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_batch``, if given, is told the size of each batch before it is processed (for metrics)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._process = process
         self._max_batch = max_batch
         self._wait_s = wait_s
+        self._on_batch = on_batch
         self._submitted: queue.SimpleQueue[_Submission[Item]] = queue.SimpleQueue()
         self._start_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -94,6 +106,7 @@ class GroupCommit(Generic[Item]):
                     break
             if not batch:
                 continue
+            self._report(len(batch))
             try:
                 self._process([submission.item for submission in batch])
             except BaseException as error:
@@ -104,6 +117,15 @@ class GroupCommit(Generic[Item]):
             else:
                 for submission in batch:
                     submission.done.set_result(None)
+
+    def _report(self, size: int) -> None:
+        """Tell ``on_batch`` the batch's size; its error is logged, and ends neither batch nor thread."""
+        if self._on_batch is None:
+            return
+        try:
+            self._on_batch(size)
+        except Exception:
+            logger.exception("on_batch failed; the batch is processed all the same")
 
     @staticmethod
     def _take(submissions: list[_Submission[Item]]) -> list[_Submission[Item]]:

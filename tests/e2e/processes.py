@@ -25,7 +25,8 @@ import requests
 
 from orders_api.config import Settings
 from orders_api.entrypoints import gunicorn_config
-from workers.serve import worker_command
+from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE
+from workers.serve import DRAMATIQ_METRICS_DIR_VARIABLE, worker_command
 
 #: The project root: the processes run from here, as under ``make run``.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +83,8 @@ class RunningService:
         self._options = options or ProcessOptions()
         self._earlier_worker_logs: list[Path] = []
         self._stopped = False
+        #: Where the workers' Prometheus metrics are served (Dramatiq's exposition server).
+        self.worker_metrics_url = ""
 
     @property
     def api_pid(self) -> int:
@@ -191,6 +194,17 @@ def running_service(
     options = options or ProcessOptions()
     port = free_port()
     env = service_environment(settings, options)
+    metrics_port = free_port()
+    # As under `make run`: a metrics directory for each server, emptied by it when it starts, and
+    # the workers' metrics on a port of this test's own instead of 9191.
+    api_env = {**env, MULTIPROC_DIR_VARIABLE: str(log_dir / "api-metrics")}
+    workers_env = {
+        **env,
+        DRAMATIQ_METRICS_DIR_VARIABLE: str(log_dir / "worker-metrics"),
+        MULTIPROC_DIR_VARIABLE: str(log_dir / "worker-metrics"),
+        "dramatiq_prom_host": "127.0.0.1",
+        "dramatiq_prom_port": str(metrics_port),
+    }
     with ExitStack() as stack:
         api = _start(
             "api (gunicorn)",
@@ -206,7 +220,7 @@ def running_service(
                 str(options.web_threads),
                 "orders_api.wsgi:app",
             ],
-            env,
+            api_env,
             log_dir / "api.log",
         )
         stack.callback(_stop_quietly, api)
@@ -215,17 +229,18 @@ def running_service(
             # The command `make run` and the image run, with this test's pool size.
             worker_command(
                 {
-                    **env,
+                    **workers_env,
                     "WORKER_PROCESSES": str(options.worker_processes),
                     "WORKER_THREADS": str(options.worker_threads),
                 },
                 options.worker_module,
             ),
-            env,
+            workers_env,
             log_dir / "workers.log",
         )
         stack.callback(_stop_quietly, workers)
         service = RunningService(f"http://127.0.0.1:{port}", api, workers, options)
+        service.worker_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         _wait_until_ready(service, options)
         stack.pop_all()
     try:

@@ -47,6 +47,8 @@ POLL_INTERVAL_S = 0.1
 
 #: What dramatiq's CLI logs when one of its worker processes dies, before it stops the others.
 DRAMATIQ_UNEXPECTED_EXIT = re.compile(r"Worker with PID (\d+) exited unexpectedly \(code -9\)")
+#: What Dramatiq's metrics exposition process logs: a child of the CLI beside its worker processes.
+DRAMATIQ_METRICS_FORK_LINE = re.compile(r"\[PID (\d+)\] \[MainThread\] \[dramatiq\.ForkProcess\(\d+\)\]")
 #: What a dramatiq worker process logs on a second SIGTERM: it must never be seen here.
 DRAMATIQ_KILLING_LINE = "Killing worker process..."
 
@@ -178,6 +180,11 @@ def make_run(settings: Settings, log: Path) -> Iterator[Stack]:
         WEB_THREADS=str(OPTIONS.web_threads),
         WORKER_PROCESSES=str(OPTIONS.worker_processes),
         WORKER_THREADS=str(OPTIONS.worker_threads),
+        # The workers' metrics on a port of this test's own, not the default 9191.
+        dramatiq_prom_host="127.0.0.1",
+        dramatiq_prom_port=str(free_port()),
+        # run.sh puts the metrics directories there: the test's own folder, removed with it.
+        TMPDIR=str(log.parent),
     )
     with log.open("wb") as output:
         supervisor = subprocess.Popen(
@@ -212,8 +219,11 @@ def test_make_run_restarts_a_killed_worker_pool_and_gunicorn_master_and_stops_wh
         cli = stack.child("dramatiq", START_DEADLINE_S)
 
         def worker_processes() -> list[int] | None:
-            found = stack.record().get(cli, [])
-            return found if len(found) == OPTIONS.worker_processes else None
+            children = stack.record().get(cli, [])
+            forks = {int(pid) for pid in DRAMATIQ_METRICS_FORK_LINE.findall(stack.log_text())}
+            found = [pid for pid in children if pid not in forks]
+            complete = len(found) == OPTIONS.worker_processes and len(children) == len(found) + 1
+            return found if complete else None
 
         victim, survivor = stack.wait_for(
             worker_processes, "both dramatiq worker processes", START_DEADLINE_S

@@ -239,3 +239,47 @@ def test_held_back_callers_give_up_after_their_wait_while_the_exchange_stays_dow
 
     with pytest.raises(DependencyUnavailableError), subject.admitted(0.05):
         pytest.fail("a call went out while the breaker was open")
+
+
+def test_it_reports_each_opening_and_closing_once_to_on_change() -> None:
+    clock = Clock()
+    changes: list[bool] = []
+    subject = CircuitBreaker(
+        "exchange",
+        failures_to_open=4,
+        quiet_s=QUIET_S,
+        first_pause_s=1.0,
+        longest_pause_s=8.0,
+        clock=clock,
+        on_change=changes.append,
+    )
+
+    open_breaker(subject, clock)
+    clock.now += 1.0
+    call(subject, fails=True)  # the probe fails: still open, nothing to report
+    clock.now += 2.0
+    call(subject, fails=False)
+
+    assert changes == [True, False]
+
+
+def test_an_on_change_that_raises_does_not_break_the_breaker() -> None:
+    def broken(is_open: bool) -> None:
+        raise RuntimeError("metrics are down")
+
+    clock = Clock()
+    subject = CircuitBreaker(
+        "exchange",
+        failures_to_open=4,
+        quiet_s=QUIET_S,
+        first_pause_s=1.0,
+        longest_pause_s=8.0,
+        clock=clock,
+        on_change=broken,
+    )
+
+    open_breaker(subject, clock)
+    clock.now += 1.0
+    call(subject, fails=False)
+
+    assert not subject.is_open

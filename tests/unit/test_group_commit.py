@@ -166,3 +166,26 @@ def test_a_submitter_whose_batch_outlasts_the_wait_gets_the_batch_outcome_not_a_
 def test_a_batch_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         GroupCommit(RecordingProcess(), max_batch=0, wait_s=1.0)
+
+
+def test_on_batch_is_told_each_batch_size_before_it_is_processed() -> None:
+    process = RecordingProcess(hold_first=True)
+    sizes: list[int] = []
+    subject = GroupCommit(process, max_batch=8, wait_s=TIMEOUT_S, on_batch=sizes.append)
+
+    outcomes = behind_a_held_batch(subject, process, [1, 2, 3])
+
+    assert sizes == [len(batch) for batch in process.batches] == [1, 3]
+    assert outcomes == dict.fromkeys([0, 1, 2, 3])
+
+
+def test_an_on_batch_that_raises_does_not_fail_the_batch() -> None:
+    def broken(size: int) -> None:
+        raise RuntimeError("metrics are down")
+
+    process = RecordingProcess()
+    subject = GroupCommit(process, max_batch=64, wait_s=TIMEOUT_S, on_batch=broken)
+
+    subject.submit(7)
+
+    assert process.batches == [[7]]
