@@ -13,6 +13,7 @@ from dramatiq.middleware import CurrentMessage, ShutdownNotifications
 from orders_api.adapters.placement_queue import queue_declarations
 from orders_api.adapters.rabbitmq_nodes import URL_SEPARATOR, node_urls
 from workers.liveness import WorkerLiveness
+from workers.request_ids import RequestIds
 from workers.requeue import RequeuingConsumer
 from workers.retries import DeadLetteringRetries, GiveUpHandler
 from workers.settings import WorkerSettings
@@ -85,6 +86,8 @@ def create_broker(
         url=bounded_url(settings.shared.rabbitmq_url, settings.shared.connect_timeout_s),
         confirm_delivery=True,
         middleware=[
+            # First: its id is bound before the others' hooks and cleared after them.
+            RequestIds(),
             time_limit,
             ShutdownNotifications(),
             CurrentMessage(),
