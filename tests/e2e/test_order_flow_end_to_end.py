@@ -25,7 +25,7 @@ from psycopg2.extensions import connection
 
 from orders_api.config import Settings
 from tests.e2e.processes import RunningService
-from tests.json_logs import messages
+from tests.json_logs import read_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -209,7 +209,8 @@ def wait_until_settled(
 
 def exchange_log(service: RunningService) -> tuple[Counter[str], Counter[str]]:
     """Calls to the exchange and successful placements, counted by order id, from the workers' log."""
-    lines = messages(service.worker_log_text())
+    # Run by run: a run killed mid-line leaves a last line cut short, which must not run into the next.
+    lines = [line for log in service.worker_logs for line in read_messages(log)]
     calls = Counter(match[1] for line in lines if (match := _CALL_LINE.fullmatch(line)))
     placed = Counter(match[1] for line in lines if (match := _PLACED_LINE.fullmatch(line)))
     return calls, placed

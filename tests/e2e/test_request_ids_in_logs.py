@@ -50,7 +50,7 @@ def calls_logged(service: RunningService, order_ids: set[str]) -> dict[str, dict
     while True:
         found = {
             line["message"].removeprefix("exchange call for order "): line
-            for line in records(service.worker_log_text())
+            for line in records(service.worker_log.read_text(encoding="utf-8"))
             if line["message"].startswith("exchange call for order ")
         }
         if order_ids <= found.keys() or time.monotonic() > deadline:
@@ -77,7 +77,7 @@ def test_each_orders_request_id_is_echoed_and_found_in_the_api_and_worker_logs_a
 
     assert service.stop() == []
     api_lines = records(service.api_log.read_text(encoding="utf-8"))  # fails on any line not JSON
-    worker_lines = records(service.worker_log_text())
+    worker_lines = records(service.worker_log.read_text(encoding="utf-8"))
     access = {
         line["request_id"]: line
         for line in api_lines
