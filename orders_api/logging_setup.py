@@ -21,7 +21,10 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
+import sys
+import threading
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 
 from pythonjsonlogger.core import LogData
@@ -168,16 +171,46 @@ def logging_config(environ: Mapping[str, str] | None = None, *, gunicorn: bool =
 def configure_logging(environ: Mapping[str, str] | None = None) -> None:
     """Configure this process's logging (replacing any earlier configuration of the root logger).
 
-    Python's warnings are logged too, so that they also come out as JSON lines.
+    Python's warnings and uncaught exceptions are logged too, so that they also come out as JSON
+    lines rather than as bare tracebacks over several lines.
     """
     logging.config.dictConfig(logging_config(environ))
-    logging.captureWarnings(True)
+    log_uncaught_exceptions()
 
 
 def ensure_logging(environ: Mapping[str, str] | None = None) -> None:
     """Configure logging unless the process already has (gunicorn has, before it loads the app).
 
-    Also leaves pytest's capture of logs alone when a test imports the app's module.
+    Also leaves pytest's capture of logs alone when a test imports the app's module. Warnings and
+    uncaught exceptions are logged either way.
     """
-    if not logging.getLogger().handlers:
+    if logging.getLogger().handlers:
+        log_uncaught_exceptions()
+    else:
         configure_logging(environ)
+
+
+def log_uncaught_exceptions() -> None:
+    """Log warnings, and exceptions that end a thread or the program, instead of printing them."""
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+    logging.getLogger("uncaught").critical(
+        "uncaught %s: %s", kind.__name__, error, exc_info=(kind, error, traceback)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # as the default hook: a thread that calls sys.exit() just ends
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("uncaught").critical(
+        "uncaught %s in thread %s: %s",
+        args.exc_type.__name__,
+        name,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,7 +13,13 @@ from typing import Any
 import pytest
 
 from orders_api import request_ids
-from orders_api.logging_setup import AccessLogFields, RequestIdFilter, json_formatter, text_formatter
+from orders_api.logging_setup import (
+    AccessLogFields,
+    RequestIdFilter,
+    _log_uncaught_in_thread,
+    json_formatter,
+    text_formatter,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -121,3 +128,30 @@ def test_text_lines_for_humans_show_the_request_id_or_a_dash() -> None:
     assert RequestIdFilter().filter(record)
 
     assert text_formatter().format(record).endswith("x: hello [-]")
+
+
+def test_an_exception_that_ends_a_thread_is_logged_as_one_json_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    uncaught = logging.getLogger("uncaught")
+    uncaught.addHandler(handler)
+    monkeypatch.setattr(uncaught, "propagate", False)
+    monkeypatch.setattr(threading, "excepthook", _log_uncaught_in_thread)
+
+    def fail() -> None:
+        raise RuntimeError("lost\nits way")
+
+    try:
+        thread = threading.Thread(target=fail, name="doomed")
+        thread.start()
+        thread.join()
+    finally:
+        uncaught.removeHandler(handler)
+
+    [line] = parsed(stream)
+    assert (line["level"], line["message"]) == (
+        "CRITICAL",
+        "uncaught RuntimeError in thread doomed: lost\nits way",
+    )
+    assert line["exception"].endswith("RuntimeError: lost\nits way")
