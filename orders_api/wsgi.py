@@ -1,11 +1,12 @@
-"""The one module-level app, for gunicorn: ``gunicorn orders_api.wsgi:app``."""
+"""The one module-level app, for gunicorn: ``gunicorn orders_api.wsgi:app``.
 
-import logging
+gunicorn has configured logging before it loads this module; the operator commands
+(``flask --app orders_api.wsgi ...``) have not, so they get the same JSON lines here.
+"""
 
 from orders_api.entrypoints.app import create_app
+from orders_api.logging_setup import ensure_logging
 
-logging.basicConfig(
-    level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-)
+ensure_logging()
 
 app = create_app()

@@ -15,6 +15,7 @@ from orders_api.adapters.placement_queue import queue_declarations
 from orders_api.adapters.rabbitmq_nodes import URL_SEPARATOR, connection_name, node_urls
 from workers.liveness import WorkerLiveness
 from workers.queue_policies import QueuePolicies
+from workers.request_ids import RequestIds
 from workers.requeue import RequeuingConsumer
 from workers.retries import DeadLetteringRetries, GiveUpHandler
 from workers.settings import WorkerSettings
@@ -106,6 +107,8 @@ def create_broker(
         url=bounded_url(settings.shared.rabbitmq_url, settings.shared.connect_timeout_s),
         confirm_delivery=True,
         middleware=[
+            # First: its id is bound before the others' hooks and cleared after them.
+            RequestIds(),
             time_limit,
             ShutdownNotifications(),
             CurrentMessage(),

@@ -3,7 +3,8 @@
 ``make run``, the tests' processes and the image all start the workers through this command, so
 the pool's size and its shutdown timeout live in one place. It replaces itself with the
 ``dramatiq-gevent`` CLI (``exec``), so SIGTERM from a terminal, a supervisor or the kubelet reaches
-Dramatiq directly.
+Dramatiq directly; that CLI is run through :mod:`workers.dramatiq_cli`, which gives its main
+process the service's JSON logging.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE, fresh_metrics_directory
 
+#: The module that runs ``dramatiq-gevent``'s CLI with the service's logging.
+CLI_MODULE = "workers.dramatiq_cli"
 #: The module the CLI imports in each worker process; it wires the broker and the actor.
 WORKER_MODULE = "workers.main"
 #: Milliseconds Dramatiq waits, after SIGTERM, for the messages in flight before it stops their
@@ -30,7 +32,9 @@ DRAMATIQ_METRICS_DIR_VARIABLE = "dramatiq_prom_db"
 def worker_command(environ: Mapping[str, str], module: str = WORKER_MODULE) -> list[str]:
     """The ``dramatiq-gevent`` command line for ``environ``'s pool size and shutdown timeout."""
     return [
-        str(Path(sys.executable).with_name("dramatiq-gevent")),
+        sys.executable,
+        "-m",
+        CLI_MODULE,
         module,
         "--processes",
         environ.get("WORKER_PROCESSES", "2"),

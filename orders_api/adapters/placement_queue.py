@@ -15,11 +15,14 @@ from typing import Any
 import dramatiq
 from dramatiq.common import dq_name, xq_name
 
+from orders_api import request_ids
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage, QueueDeclaration
 from orders_api.config import DEFAULT_DEAD_LETTER_TTL_MS, DEFAULT_DELIVERY_LIMIT
 
 #: Name of the Dramatiq actor that places an order on the exchange.
 PLACE_ORDER_ACTOR = "place_order"
+#: The message option that carries the id of the request that asked for the placement.
+REQUEST_ID_OPTION = "request_id"
 #: The default delivery limit (``PLACEMENT_DELIVERY_LIMIT``); see :mod:`orders_api.config`.
 DELIVERY_LIMIT = DEFAULT_DELIVERY_LIMIT
 #: Priority of the placement queues' policies. RabbitMQ applies one policy per queue, the one of
@@ -130,11 +133,14 @@ class PlacementPublisher:
         self._publisher.publish_all([self._message(order_id) for order_id in order_ids])
 
     def _message(self, order_id: uuid.UUID) -> OutgoingMessage:
+        # The worker logs the order's lines with the id of the request that asked for it
+        # (workers.request_ids); the sweep's and the replays' messages have none.
+        request_id = request_ids.for_order(order_id)
         message: dramatiq.Message[None] = dramatiq.Message(
             queue_name=self._queue_name,
             actor_name=PLACE_ORDER_ACTOR,
             args=(str(order_id),),
             kwargs={},
-            options={},
+            options={} if request_id is None else {REQUEST_ID_OPTION: request_id},
         )
         return OutgoingMessage(self._queue_name, message.encode(), message.message_id)

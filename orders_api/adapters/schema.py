@@ -18,6 +18,7 @@ from psycopg2 import errors, sql
 
 from orders_api.adapters.database import silent_peer_options, sqlalchemy_url
 from orders_api.config import Settings
+from orders_api.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def upgrade(database_url: str) -> None:
 
 def upgrade_from_environment() -> None:
     """Console entry point ``orders-db-upgrade``: migrate the database named by ``DATABASE_URL``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     settings = Settings.from_env()
     upgrade(settings.database_url)
     logger.info("database schema is up to date")

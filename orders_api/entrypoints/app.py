@@ -12,16 +12,17 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from prometheus_client import CollectorRegistry
 
+from orders_api import request_ids
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
 from orders_api.adapters.database import bound_database_waits, engine_options, sqlalchemy_url
 from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
 from orders_api.adapters.tables import metadata
 from orders_api.config import Settings
-from orders_api.entrypoints import docs, health, metrics, orders
+from orders_api.entrypoints import docs, health, metrics, orders, request_id
 from orders_api.entrypoints.cli import dead_letters_cli, reconcile_command
 from orders_api.entrypoints.errors import register_error_handlers
 from orders_api.entrypoints.on_call_gauges import on_call_gauges
-from orders_api.entrypoints.services import OrderServices
+from orders_api.entrypoints.services import IntakeItem, OrderServices
 from orders_api.service_layer.group_commit import GroupCommit
 from orders_api.service_layer.ordering import accept_orders
 from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
@@ -76,11 +77,16 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     def unit_of_work() -> SqlAlchemyUnitOfWork:
         return SqlAlchemyUnitOfWork(engine())
 
+    def accept(batch: list[IntakeItem]) -> None:
+        # Each order's placement message carries the id of its own request.
+        with request_ids.bind_orders({item.order.id: item.request_id for item in batch if item.request_id}):
+            accept_orders([item.order for item in batch], unit_of_work(), placements)
+
     app.extensions["orders"] = OrderServices(
         unit_of_work=unit_of_work,
         placements=placements,
         intake=GroupCommit(
-            lambda batch: accept_orders(batch, unit_of_work(), placements),
+            accept,
             max_batch=ORDERS_PER_COMMIT,
             wait_s=settings.group_commit_wait_s,
             on_batch=api_metrics.batch_processed,
@@ -88,6 +94,7 @@ def create_app(settings: Settings | None = None, overrides: Mapping[str, Any] | 
     )
     app.extensions["orders.publisher"] = publisher
     app.extensions["orders.settings"] = settings
+    request_id.init_app(app)
     app.register_blueprint(orders.blueprint)
     health.init_app(app)
     docs.init_app(app)

@@ -14,13 +14,14 @@ import sys
 
 from orders_api.adapters.queue_topology import TopologyError, set_up_placement_queues
 from orders_api.config import Settings
+from orders_api.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
 
 
 def main() -> None:
     """Console entry point: set up the queues named by the environment, or exit 1 saying why not."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     logging.getLogger("pika").setLevel(logging.WARNING)
     settings = Settings.from_env()
     try:

@@ -12,6 +12,8 @@ from typing import Protocol
 
 from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE, fresh_metrics_directory
 
+from orders_api.logging_setup import ACCESS_LOG_FORMAT, logging_config
+
 #: Where to listen: ``BIND`` if set (the image sets ``0.0.0.0:8000``), else loopback on ``PORT``.
 bind = os.environ.get("BIND") or f"127.0.0.1:{os.environ.get('PORT', '8000')}"
 #: Threads, not gevent: the API's waits (PostgreSQL, the broker's confirm) are short and bounded,
@@ -26,6 +28,10 @@ graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "20"))
 #: Otherwise every gunicorn on a machine shares ``~/.gunicorn/gunicorn.ctl``, and a read-only
 #: root filesystem has no home to put it in.
 control_socket_disable = True
+#: Every line as JSON (``LOG_FORMAT=text`` for plain lines): gunicorn's own, the app's, and the
+#: access log, which a ``logconfig_dict`` turns on, one line per response with its request id.
+logconfig_dict = logging_config(gunicorn=True)
+access_log_format = ACCESS_LOG_FORMAT
 
 
 class _Worker(Protocol):

@@ -10,10 +10,11 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from marshmallow import ValidationError
 from werkzeug.exceptions import BadRequest, NotFound
 
+from orders_api import request_ids
 from orders_api.domain import Order, OrderType, Side
 from orders_api.entrypoints.request_body import read_body
 from orders_api.entrypoints.schemas import OrderRequestSchema
-from orders_api.entrypoints.services import OrderServices
+from orders_api.entrypoints.services import IntakeItem, OrderServices
 from orders_api.idempotency import IdempotentRequest, request_fingerprint, validated_key
 from orders_api.service_layer.ordering import SubmitOrder, get_order, new_order, submit_order
 
@@ -47,7 +48,7 @@ def create_order() -> tuple[Response, int, dict[str, str]]:
     services = _services()
     if key is None:
         order = new_order(command)
-        services.intake.submit(order)
+        services.intake.submit(IntakeItem(order, request_ids.current()))
     else:
         idempotency = IdempotentRequest(key, request_fingerprint(body))
         order = submit_order(command, services.unit_of_work(), services.placements, idempotency=idempotency)

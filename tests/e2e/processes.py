@@ -26,6 +26,7 @@ import requests
 from orders_api.config import Settings
 from orders_api.entrypoints import gunicorn_config
 from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE
+from tests.json_logs import read_messages
 from workers.serve import DRAMATIQ_METRICS_DIR_VARIABLE, worker_command
 
 #: The project root: the processes run from here, as under ``make run``.
@@ -307,7 +308,7 @@ def _wait_until_ready(service: RunningService, options: ProcessOptions) -> None:
                     last_answer = f"GET {probe} failed: {error}"
             if not workers_ready:
                 # The current run's log only: after a restart, the earlier runs' lines do not count.
-                current_log = service.worker_log.read_text(encoding="utf-8", errors="replace")
+                current_log = read_messages(service.worker_log)
                 workers_ready = current_log.count(WORKER_READY_LINE) >= options.worker_processes
             if api_ready and workers_ready:
                 return

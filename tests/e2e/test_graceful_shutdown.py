@@ -36,6 +36,7 @@ from tests.e2e.test_order_flow_end_to_end import (
     order_requests,
     post_order,
 )
+from tests.json_logs import read_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -173,7 +174,8 @@ def post_orders(service: RunningService, count: int) -> list[str]:
 
 
 def log_count(service: RunningService, line: str) -> int:
-    return service.worker_log.read_text(encoding="utf-8", errors="replace").count(line)
+    """How many of the workers' log lines (this run's) have ``line`` as their message."""
+    return read_messages(service.worker_log).count(line)
 
 
 def restart_and_settle(service: RunningService, db: connection, order_ids: list[str]) -> float:
@@ -236,7 +238,7 @@ def test_sigterm_to_gunicorn_answers_every_request_in_flight_then_exits_cleanly(
 
         signalled = time.monotonic()
         os.kill(service.api_pid, signal.SIGTERM)
-        wait_for(lambda: GUNICORN_TERM_LINE in service.api_log.read_text(), "gunicorn handling SIGTERM")
+        wait_for(lambda: GUNICORN_TERM_LINE in read_messages(service.api_log), "gunicorn handling SIGTERM")
         time.sleep(HOLD_AFTER_SIGTERM_S)
         locker.rollback()  # lets the blocked inserts go on, now that the API is shutting down
 
@@ -299,7 +301,7 @@ def test_sigterm_to_the_workers_finishes_or_returns_every_message_and_loses_none
         after_stop = order_states(db, order_ids)
         left_claimed = {order_id for order_id, row in after_stop.items() if row["claimed"]}
         first_run = Counter(row["status"] for row in after_stop.values())
-        first_log = service.worker_log.read_text(encoding="utf-8", errors="replace")
+        first_log = read_messages(service.worker_log)
         settle_s = restart_and_settle(service, db, order_ids)
         settled = order_states(db, order_ids)
     calls, placements = placements_logged(service, order_ids)
@@ -344,7 +346,7 @@ def test_a_second_sigterm_kills_placements_midway_and_their_orders_are_placed_on
         killed_at = time.time()
 
         killed = claimed(db, order_ids)  # killed midway: the claims outlive their holders
-        first_log = service.worker_log.read_text(encoding="utf-8", errors="replace")
+        first_log = read_messages(service.worker_log)
         settle_s = restart_and_settle(service, db, order_ids)
         settled = order_states(db, order_ids)
     _, placements = placements_logged(service, order_ids)

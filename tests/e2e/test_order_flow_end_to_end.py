@@ -25,6 +25,7 @@ from psycopg2.extensions import connection
 
 from orders_api.config import Settings
 from tests.e2e.processes import RunningService
+from tests.json_logs import read_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -208,8 +209,11 @@ def wait_until_settled(
 
 def exchange_log(service: RunningService) -> tuple[Counter[str], Counter[str]]:
     """Calls to the exchange and successful placements, counted by order id, from the workers' log."""
-    text = service.worker_log_text()
-    return Counter(_CALL_LINE.findall(text)), Counter(_PLACED_LINE.findall(text))
+    # Run by run: a run killed mid-line leaves a last line cut short, which must not run into the next.
+    lines = [line for log in service.worker_logs for line in read_messages(log)]
+    calls = Counter(match[1] for line in lines if (match := _CALL_LINE.fullmatch(line)))
+    placed = Counter(match[1] for line in lines if (match := _PLACED_LINE.fullmatch(line)))
+    return calls, placed
 
 
 def wait_for_placements_logged(

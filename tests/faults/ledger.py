@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.faults.load_stream import request_index
+from tests.json_logs import messages
 from workers.placement_actor import NOT_RETRYABLE
 
 _ID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
@@ -111,7 +112,7 @@ def exchange_record(logs: list[str], placements: tuple[Placement, ...]) -> Excha
     interrupted: set[str] = set()
     for text in logs:
         open_calls: set[str] = set()
-        for line in text.splitlines():
+        for line in messages(text):
             if match := _CALL.search(line):
                 order_id = match.group(1)
                 calls[order_id] += 1

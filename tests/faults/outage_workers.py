@@ -29,6 +29,7 @@ from pathlib import Path
 
 from orders_api import stock_exchange
 from orders_api.domain import Order
+from orders_api.logging_setup import configure_logging
 from orders_api.service_layer.placement import Exchange
 from orders_api.stock_exchange import OrderPlacementError
 from tests.faults.harness import OUTAGE_MARKER_ENV, PLACEMENTS_FILE_ENV
@@ -79,4 +80,5 @@ def fault_exchange(environ: Mapping[str, str]) -> Exchange:
     return exchange_with_outage(Path(marker), exchange) if marker else exchange
 
 
+configure_logging()  # as workers.main does: JSON lines, through the CLI's pipe
 broker = bootstrap(WorkerSettings.from_env(), exchange=fault_exchange(os.environ))

@@ -1,6 +1,8 @@
-"""The benchmark's duplicate window, read from log lines as the workers write them."""
+"""The benchmark's duplicate window, read from log lines as the workers write them (JSON)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -10,17 +12,30 @@ pytestmark = pytest.mark.unit
 
 ONE = "11111111-1111-1111-1111-111111111111"
 TWO = "22222222-2222-2222-2222-222222222222"
-EXCHANGE = "[PID 1] [Thread-1] [workers.bootstrap] [INFO] exchange placed order"
-RECORD = "[PID 1] [Thread-1] [orders_api.service_layer.placement] [INFO] order"
+
+
+def line(at: str, logger: str, message: str) -> str:
+    """A worker's log line as orders_api.logging_setup writes it."""
+    return json.dumps(
+        {
+            "timestamp": f"2026-12-02T07:00:{at}+00:00",
+            "level": "INFO",
+            "logger": logger,
+            "message": message,
+            "process": 1,
+            "thread": "Thread-1",
+        }
+    )
 
 
 def test_each_placements_window_runs_from_the_exchanges_answer_to_its_record() -> None:
     log = "\n".join(
         [
-            f"[2026-12-02 07:00:00,100] {EXCHANGE} {ONE}",
-            f"[2026-12-02 07:00:00,090] {EXCHANGE} {TWO}",
-            f"[2026-12-02 07:00:00,103] {RECORD} {ONE} placed on attempt 1",
-            f"[2026-12-02 07:00:01,090] {RECORD} {TWO} placed on attempt 2",
+            line("00.100000", "workers.bootstrap", f"exchange placed order {ONE}"),
+            line("00.090000", "workers.bootstrap", f"exchange placed order {TWO}"),
+            "a line that is not JSON, as a killed process may leave",
+            line("00.103000", "orders_api.service_layer.placement", f"order {ONE} placed on attempt 1"),
+            line("01.090000", "orders_api.service_layer.placement", f"order {TWO} placed on attempt 2"),
         ]
     )
 
@@ -28,8 +43,6 @@ def test_each_placements_window_runs_from_the_exchanges_answer_to_its_record() -
 
 
 def test_a_placement_whose_record_is_missing_has_no_window() -> None:
-    log = (
-        f"[2026-12-02 07:00:00,100] [PID 1] [Thread-1] [workers.bootstrap] [INFO] exchange placed order {ONE}"
-    )
+    log = line("00.100000", "workers.bootstrap", f"exchange placed order {ONE}")
 
     assert windows_ms([log]) == []
