@@ -11,7 +11,6 @@ import os
 from typing import Protocol
 
 from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE, fresh_metrics_directory
-
 from orders_api.logging_setup import ACCESS_LOG_FORMAT, logging_config
 
 #: Where to listen: ``BIND`` if set (the image sets ``0.0.0.0:8000``), else loopback on ``PORT``.
