@@ -24,6 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_flask_exporter import PrometheusMetrics
 
+from orders_api.entrypoints import openapi
 from orders_api.entrypoints.metrics_directory import MULTIPROC_DIR_VARIABLE, existing_metrics_directory
 
 #: Seconds: a warm confirm takes about a millisecond, a batch a few; the timeout is 2 s.
@@ -116,3 +117,20 @@ def init_app(app: Flask, registry: CollectorRegistry, on_call: Collector) -> Non
         return Response(generate_latest(scraped), content_type=CONTENT_TYPE_LATEST)
 
     app.add_url_rule(METRICS_PATH, "metrics", scrape, methods=["GET"])
+    openapi.document_path(
+        app,
+        METRICS_PATH,
+        {
+            "get": {
+                "operationId": "scrapeMetrics",
+                "tags": ["operations"],
+                "summary": "Prometheus metrics of every web worker of this server",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus' text exposition format.",
+                        "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    )

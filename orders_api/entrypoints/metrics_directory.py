@@ -48,7 +48,7 @@ def existing_metrics_directory(environ: Mapping[str, str]) -> Path | None:
     environment (a CronJob, say) would otherwise crash creating its first metric, since
     prometheus_client writes a file per process as soon as a metric exists.
     """
-    configured = environ.get(MULTIPROC_DIR_VARIABLE)
+    configured = environ.get(MULTIPROC_DIR_VARIABLE, "")  # unset: metrics stay in this process
     if not configured:
         return None
     directory = Path(configured)
