@@ -14,17 +14,25 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/venv
 
+# The dependencies first, in a layer of their own that a change to our code does not invalidate:
+# exactly the versions in requirements/image.txt (`make lock`), each checked against its hash.
+# `--only-binary`: a dependency without a wheel for this platform fails the build here rather
+# than quietly needing a compiler (the slim base has none; psycopg2-binary, gevent, greenlet
+# and SQLAlchemy ship manylinux wheels). Production dependencies only: no `dev` extra.
+COPY requirements/image.txt ./requirements/
+RUN /opt/venv/bin/python -m pip install --require-hashes --only-binary=:all: -r requirements/image.txt
+
 # Only what the wheel is built from; .dockerignore keeps everything else out of the context.
 COPY pyproject.toml setup.cfg README.md ./
 COPY orders_api ./orders_api
 COPY workers ./workers
 
-# A wheel, not an editable install: the final stage needs no source tree. `--only-binary` makes a
-# dependency without a wheel for this platform fail the build here, rather than quietly needing
-# a compiler (the slim base has none; psycopg2-binary, gevent, greenlet and SQLAlchemy all ship
-# manylinux wheels). Production dependencies only: the `dev` extra never enters the image.
+# A wheel, not an editable install: the final stage needs no source tree. `--no-deps`: the
+# dependencies are the pinned ones above, and `pip check` fails the build if they do not
+# satisfy setup.cfg's ranges (a stale lock).
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
-    && /opt/venv/bin/python -m pip install --only-binary=:all: /wheels/orders_service-*.whl
+    && /opt/venv/bin/python -m pip install --no-deps /wheels/orders_service-*.whl \
+    && /opt/venv/bin/python -m pip check
 
 # --- final: the slim base, the venv and an unprivileged user; no compilers, no source ---
 FROM python:3.11.13-slim-bookworm

@@ -7,7 +7,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 export PORT
 
-.PHONY: install services migrate run test test-unit test-integration test-e2e test-faults bench lint format clean
+.PHONY: install services migrate run test test-unit test-integration test-e2e test-faults bench lint format lock clean
 
 install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
 
@@ -52,6 +52,10 @@ lint: install ## ruff (lint and format check), mypy, hadolint (Dockerfile) and t
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+lock: install ## Pin the image's dependencies, with hashes, in requirements/image.txt (LOCK_ARGS=--upgrade to move them on)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --no-emit-trusted-host $(LOCK_ARGS) --output-file requirements/image.txt setup.cfg
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

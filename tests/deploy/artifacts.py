@@ -26,6 +26,8 @@ DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 SETUP_CFG = REPO / "setup.cfg"
+#: The image's production dependencies, pinned with their hashes (`make lock`).
+LOCK_FILE = REPO / "requirements" / "image.txt"
 #: Where this venv's console scripts are: the image's /opt/venv/bin stands for it here.
 VENV_BIN = Path(sys.executable).parent
 
@@ -163,8 +165,17 @@ def console_scripts() -> dict[str, str]:
     return {name.strip(): target.strip() for name, _, target in pairs}
 
 
+def production_requirement_lines() -> list[str]:
+    """``install_requires`` as written: what the image installs besides our wheel."""
+    return _lines(_setup_cfg()["options"]["install_requires"])
+
+
+def dev_requirement_lines() -> list[str]:
+    """The ``dev`` extra as written: tools that must stay out of the image."""
+    return _lines(_setup_cfg()["options.extras_require"]["dev"])
+
+
 def production_requirements() -> list[str]:
-    """The distribution names in ``install_requires``: what the image installs besides our wheel."""
-    requirements = _lines(_setup_cfg()["options"]["install_requires"])
-    names = [re.match(r"[A-Za-z0-9._-]+", requirement) for requirement in requirements]
+    """The distribution names in ``install_requires``."""
+    names = [re.match(r"[A-Za-z0-9._-]+", requirement) for requirement in production_requirement_lines()]
     return [name.group(0) for name in names if name]

@@ -18,6 +18,7 @@ from tests.deploy.artifacts import (
     API_COMMAND,
     DOCKERFILE,
     IMAGE_UID,
+    LOCK_FILE,
     REPO,
     Stage,
     build_context,
@@ -125,18 +126,24 @@ def test_image_has_the_venv_on_path_and_listens_on_every_interface(image: Stage)
 def test_image_takes_only_the_venv_from_the_build_and_compiles_nothing(
     stages: list[Stage], image: Stage
 ) -> None:
-    """Catches the source tree, the wheel cache or build tools reaching the image, a dev extra in
-    the install, and a dependency quietly built from source (which would need a compiler)."""
+    """Catches the source tree, the wheel cache or build tools reaching the image, a dev extra or
+    an unpinned dependency in the install, and a dependency quietly built from source (which
+    would need a compiler)."""
     build = stages[0]
-    installs = [run.value[0] for run in build.all("RUN") if "pip install" in run.value[0]]
+    installs = [
+        part.strip() for run in build.all("RUN") for part in run.value[0].split("&&") if "pip install" in part
+    ]
+    from_lock = [install for install in installs if f"-r {LOCK_FILE.relative_to(REPO)}" in install]
 
     assert [(copy.flags, copy.value) for copy in image.all("COPY")] == [
         ((f"--from={build.name}",), ("/opt/venv", "/opt/venv"))
     ]
     assert image.all("ADD") == []
     assert not any("pip" in run.value[0] or "apt-get" in run.value[0] for run in image.all("RUN"))
-    assert installs, "the build stage installs nothing"
-    assert all("--only-binary=:all:" in install and "[" not in install for install in installs)
+    assert len(from_lock) == 1, installs
+    assert "--require-hashes" in from_lock[0] and "--only-binary=:all:" in from_lock[0]
+    assert all(install in from_lock or "--no-deps" in install for install in installs), installs
+    assert not any("[" in install for install in installs), installs
 
 
 def test_every_path_the_build_copies_is_in_the_build_context(stages: list[Stage]) -> None:

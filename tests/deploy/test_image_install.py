@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import fnmatch
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,15 +24,20 @@ from pathlib import Path, PurePosixPath
 
 import psycopg2
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from psycopg2 import sql
 
 from tests.conftest import POSTGRES_URL
 from tests.deploy.artifacts import (
+    LOCK_FILE,
     REPO,
     build_context,
     console_scripts,
+    dev_requirement_lines,
     dockerfile_stages,
     dockerignore_patterns,
+    production_requirement_lines,
     production_requirements,
 )
 
@@ -88,8 +94,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> BuiltWheel:
     root = tmp_path_factory.mktemp("image-build")
     source = root / "src"
     copy_like_the_build_stage(source)
-    build, install = build_stage_commands()
-    assert build[:3] == ["python", "-m", "pip"], build
+    commands = build_stage_commands()
+    build = next(argv for argv in commands if "wheel" in argv)
+    install = next(argv for argv in commands if "install" in argv)
+    assert build[:4] == ["python", "-m", "pip", "wheel"], build
     wheels = root / "wheels"
     argv = [sys.executable, *build[1:]]
     argv = [str(wheels) if word == _WHEEL_DIR else word for word in argv]
@@ -141,6 +149,43 @@ def test_wheel_declares_the_console_scripts_and_only_production_dependencies(whe
 
     assert dict(entry_points["console_scripts"]) == console_scripts()
     assert unconditional == sorted(production_requirements())
+
+
+def locked_versions() -> dict[str, tuple[str, int]]:
+    """requirements/image.txt: each pinned distribution's version and how many hashes it has."""
+    locked: dict[str, tuple[str, int]] = {}
+    name = ""
+    for line in LOCK_FILE.read_text(encoding="utf-8").splitlines():
+        pinned = re.match(r"([A-Za-z0-9._-]+)==([^\s\\]+)", line)
+        if pinned:
+            name = canonicalize_name(pinned.group(1))
+            locked[name] = (pinned.group(2), 0)
+        elif line.strip().startswith("--hash=sha256:"):
+            version, hashes = locked[name]
+            locked[name] = (version, hashes + 1)
+    return locked
+
+
+def test_lock_pins_every_production_dependency_within_setup_cfg_ranges() -> None:
+    """Catches a lock left behind by a change to install_requires (a new dependency missing, a
+    version outside a new range: the image would run what setup.cfg rules out), and a pin
+    without the hash that `--require-hashes` needs."""
+    locked = locked_versions()
+    requirements = [Requirement(line) for line in production_requirement_lines()]
+
+    assert [name for name, (_, hashes) in locked.items() if hashes == 0] == []
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        assert name in locked, f"{requirement} is not in {LOCK_FILE.name}: run `make lock`"
+        assert requirement.specifier.contains(locked[name][0]), f"{name}=={locked[name][0]}: {requirement}"
+
+
+def test_lock_holds_no_dev_tool() -> None:
+    """Catches a dev extra's tool (pytest, ruff, hadolint, ...) pinned for the image."""
+    dev = {canonicalize_name(Requirement(line).name) for line in dev_requirement_lines()}
+    production = {canonicalize_name(Requirement(line).name) for line in production_requirement_lines()}
+
+    assert sorted((dev - production) & set(locked_versions())) == []
 
 
 @pytest.fixture
