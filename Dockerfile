@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every role: the API (the default command), the workers (`orders-workers`), the
 # migration (`orders-db-upgrade`), the broker setup (`orders-broker-setup`), the reconciliation
 # sweep and the operator commands (`flask --app orders_api.wsgi ...`). Kubernetes and Compose pick
