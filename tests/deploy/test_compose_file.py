@@ -209,8 +209,9 @@ def test_every_command_compose_runs_exists_in_the_image(
     assert_runs_in_the_image(argv, env, tmp_path)
 
 
-def test_api_probe_asks_a_route_the_api_serves_on_the_port_it_binds(apps: dict[str, Service]) -> None:
-    """Catches a healthcheck at a path the API does not have (always unhealthy) or another port."""
+def test_api_probe_and_published_port_reach_the_port_the_api_binds(apps: dict[str, Service]) -> None:
+    """Catches a healthcheck at a path the API does not have (always unhealthy), and a probe or
+    a published port aimed at another port than gunicorn's BIND in the image."""
     name, api = one_running(apps, "gunicorn")
     probe = healthcheck_command(api)
     assert probe, f"{name} has no healthcheck"
@@ -218,9 +219,13 @@ def test_api_probe_asks_a_route_the_api_serves_on_the_port_it_binds(apps: dict[s
     bind = dockerfile_stages()[-1].env()["BIND"]
     routes = create_app(Settings()).url_map.bind("localhost")
 
+    port = int(bind.rsplit(":", 1)[1])
+    published = [int(str(mapping).rsplit(":", 1)[1]) for mapping in api.get("ports", [])]
+
+    assert published == [port], api.get("ports")
     assert len(urls) == 1, probe
     url = urlsplit(urls[0])
-    assert url.port == int(bind.rsplit(":", 1)[1])
+    assert url.port == port
     routes.match(url.path, method="GET")  # raises NotFound or MethodNotAllowed
 
 
