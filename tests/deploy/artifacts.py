@@ -170,11 +170,6 @@ def production_requirement_lines() -> list[str]:
     return _lines(_setup_cfg()["options"]["install_requires"])
 
 
-def dev_requirement_lines() -> list[str]:
-    """The ``dev`` extra as written: tools that must stay out of the image."""
-    return _lines(_setup_cfg()["options.extras_require"]["dev"])
-
-
 def production_requirements() -> list[str]:
     """The distribution names in ``install_requires``."""
     names = [re.match(r"[A-Za-z0-9._-]+", requirement) for requirement in production_requirement_lines()]

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,7 +38,6 @@ from tests.deploy.artifacts import (
     REPO,
     build_context,
     console_scripts,
-    dev_requirement_lines,
     dockerfile_stages,
     dockerignore_patterns,
     production_requirement_lines,
@@ -198,41 +197,66 @@ def test_wheel_declares_the_console_scripts_and_only_production_dependencies(bui
     assert unconditional == sorted(production_requirements())
 
 
-def locked_versions() -> dict[str, tuple[str, int]]:
-    """requirements/image.txt: each pinned distribution's version and how many hashes it has."""
-    locked: dict[str, tuple[str, int]] = {}
-    name = ""
+#: How pip-compile names this project in the lock's ``# via`` comments.
+_THIS_PROJECT = "orders-service (setup.cfg)"
+
+
+@dataclass
+class Pin:
+    """One distribution of requirements/image.txt."""
+
+    version: str
+    hashes: int = 0
+    #: Who needs it, from pip-compile's ``# via`` comments: distributions, or this project.
+    needed_by: list[str] = field(default_factory=list)
+
+
+def locked() -> dict[str, Pin]:
+    """requirements/image.txt, by canonical distribution name."""
+    pins: dict[str, Pin] = {}
+    current: Pin | None = None
     for line in LOCK_FILE.read_text(encoding="utf-8").splitlines():
         pinned = re.match(r"([A-Za-z0-9._-]+)==([^\s\\]+)", line)
+        comment = line.strip().removeprefix("#").strip()
         if pinned:
-            name = canonicalize_name(pinned.group(1))
-            locked[name] = (pinned.group(2), 0)
-        elif line.strip().startswith("--hash=sha256:"):
-            version, hashes = locked[name]
-            locked[name] = (version, hashes + 1)
-    return locked
+            current = pins[canonicalize_name(pinned.group(1))] = Pin(pinned.group(2))
+        elif current and line.strip().startswith("--hash=sha256:"):
+            current.hashes += 1
+        elif current and line.strip().startswith("#") and comment not in ("", "via"):
+            needer = comment.removeprefix("via ").strip()
+            current.needed_by.append(needer if needer == _THIS_PROJECT else canonicalize_name(needer))
+    return pins
 
 
 def test_lock_pins_every_production_dependency_within_setup_cfg_ranges() -> None:
     """Catches a lock left behind by a change to install_requires (a new dependency missing, a
     version outside a new range: the image would run what setup.cfg rules out), and a pin
     without the hash that `--require-hashes` needs."""
-    locked = locked_versions()
+    pins = locked()
     requirements = [Requirement(line) for line in production_requirement_lines()]
 
-    assert [name for name, (_, hashes) in locked.items() if hashes == 0] == []
+    assert [name for name, pin in pins.items() if pin.hashes == 0] == []
     for requirement in requirements:
         name = canonicalize_name(requirement.name)
-        assert name in locked, f"{requirement} is not in {LOCK_FILE.name}: run `make lock`"
-        assert requirement.specifier.contains(locked[name][0]), f"{name}=={locked[name][0]}: {requirement}"
+        assert name in pins, f"{requirement} is not in {LOCK_FILE.name}: run `make lock`"
+        assert requirement.specifier.contains(pins[name].version), (
+            f"{name}=={pins[name].version}: {requirement}"
+        )
 
 
-def test_lock_holds_no_dev_tool() -> None:
-    """Catches a dev extra's tool (pytest, ruff, hadolint, ...) pinned for the image."""
-    dev = {canonicalize_name(Requirement(line).name) for line in dev_requirement_lines()}
-    production = {canonicalize_name(Requirement(line).name) for line in production_requirement_lines()}
+def test_lock_holds_only_what_install_requires_needs() -> None:
+    """Catches dev tools (pytest, ruff, hadolint, ...) pinned for the image, as a lock compiled
+    with the dev extra would, and pins left over from a dependency that was dropped."""
+    pins = locked()
+    direct = {canonicalize_name(Requirement(line).name) for line in production_requirement_lines()}
+    needed = {name for name, pin in pins.items() if name in direct and _THIS_PROJECT in pin.needed_by}
+    while True:
+        more = {name for name, pin in pins.items() if name not in needed and needed & set(pin.needed_by)}
+        if not more:
+            break
+        needed |= more
 
-    assert sorted((dev - production) & set(locked_versions())) == []
+    assert sorted(set(pins) - needed) == []
 
 
 def test_image_venv_imports_every_module_without_the_dev_tools(build_stage: BuildStage) -> None:
