@@ -7,7 +7,7 @@ PORT ?= 8000
 PYTEST_ARGS ?=
 export PORT
 
-.PHONY: install browser services migrate run test test-unit test-integration test-e2e test-deploy test-faults bench lint format clean
+.PHONY: install browser services migrate run test test-unit test-integration test-e2e test-deploy test-faults bench lint format lock clean
 
 install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
 
@@ -42,7 +42,7 @@ test-integration: install services ## The service layer and adapters against rea
 test-e2e: install browser services ## Real gunicorn and dramatiq processes over HTTP
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-test-deploy: install ## Offline checks of the Kubernetes manifests in k8s/ (schemas, lint, cross-references)
+test-deploy: install services ## Offline checks of the Dockerfile, the Compose file and k8s/ (schemas, lint, cross-references)
 	$(BIN)/pytest tests/deploy $(PYTEST_ARGS)
 
 test-faults: install ## Fault injection (~10 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
@@ -53,11 +53,17 @@ bench: install services ## Benchmark the service against this machine's limits (
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench
 
-lint: install ## ruff (lint and format check), mypy, and yamllint on the Kubernetes manifests
+lint: install ## ruff (lint and format check), mypy, yamllint (k8s/), hadolint (Dockerfile) and the Compose spec
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/yamllint --strict -c .yamllint.yaml k8s/ .yamllint.yaml
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+
+lock: install ## Pin the image's dependencies, with hashes, in requirements/image.txt (LOCK_ARGS=--upgrade to move them on)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --no-emit-trusted-host $(LOCK_ARGS) --output-file requirements/image.txt setup.cfg
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
