@@ -28,7 +28,7 @@ import requests
 from orders_api.config import Settings
 from tests.e2e.processes import BIN, PROJECT_ROOT, ProcessOptions, free_port, service_environment
 from tests.e2e.test_order_flow_end_to_end import order_requests
-from tests.json_logs import messages
+from tests.json_logs import messages, records
 
 pytestmark = pytest.mark.e2e
 
@@ -48,8 +48,8 @@ POLL_INTERVAL_S = 0.1
 
 #: What dramatiq's CLI logs when one of its worker processes dies, before it stops the others.
 DRAMATIQ_UNEXPECTED_EXIT = re.compile(r"Worker with PID (\d+) exited unexpectedly \(code -9\)")
-#: What Dramatiq's metrics exposition process logs: a child of the CLI beside its worker processes.
-DRAMATIQ_METRICS_FORK_LINE = re.compile(r"\[PID (\d+)\] \[MainThread\] \[dramatiq\.ForkProcess\(\d+\)\]")
+#: The logger of Dramatiq's metrics exposition process: a child of the CLI beside its worker processes.
+DRAMATIQ_FORK_LOGGER = re.compile(r"dramatiq\.ForkProcess\(\d+\)")
 #: What a dramatiq worker process logs on a second SIGTERM: it must never be seen here.
 DRAMATIQ_KILLING_LINE = "Killing worker process..."
 
@@ -221,7 +221,11 @@ def test_make_run_restarts_a_killed_worker_pool_and_gunicorn_master_and_stops_wh
 
         def worker_processes() -> list[int] | None:
             children = stack.record().get(cli, [])
-            forks = {int(pid) for pid in DRAMATIQ_METRICS_FORK_LINE.findall(stack.log_text())}
+            forks = {
+                int(line["process"])
+                for line in records(stack.log_text(), strict=False)  # the supervisor's lines are plain text
+                if DRAMATIQ_FORK_LOGGER.fullmatch(str(line.get("logger")))
+            }
             found = [pid for pid in children if pid not in forks]
             complete = len(found) == OPTIONS.worker_processes and len(children) == len(found) + 1
             return found if complete else None
