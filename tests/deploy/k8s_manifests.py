@@ -10,6 +10,8 @@ like references to our own objects.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,36 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Where the manifests live.
 K8S_DIR = REPO_ROOT / "k8s"
-#: JSON schemas of the custom resources, kept beside the repository (never copied into it):
-#: ``<group>/<kind>_<version>.json``.
-CRD_SCHEMA_DIR = REPO_ROOT / ".." / "shared" / "k8s-schemas"
+
+
+def _crd_schema_dir() -> Path:
+    """Where the custom resources' JSON schemas are: beside the repository, never copied into it.
+
+    ``K8S_SCHEMAS_DIR`` if set; else ``../shared/k8s-schemas`` next to this checkout; else next to
+    the repository this one was cloned from, when that is a local directory (a clean clone made
+    elsewhere for CI). When none exists, the first place is returned, and the tests that need a
+    schema fail naming it.
+    """
+    if configured := os.environ.get("K8S_SCHEMAS_DIR", ""):
+        return Path(configured)
+    beside = REPO_ROOT / ".." / "shared" / "k8s-schemas"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        beside_origin = Path(origin).resolve() / ".." / "shared" / "k8s-schemas"
+        if beside_origin.is_dir():
+            return beside_origin
+    return beside
+
+
+#: JSON schemas of the custom resources: ``<group>/<kind>_<version>.json``.
+CRD_SCHEMA_DIR = _crd_schema_dir()
 #: The Kubernetes release the core kinds are validated against.
 KUBERNETES_VERSION = "1.33"
 #: The namespace every object lives in.
