@@ -20,7 +20,7 @@ from orders_api.adapters.tables import orders
 from orders_api.domain import Order, OrderStatus, OrderType, Side
 
 #: Every column a new order is inserted with (``updated_at`` takes the database's clock).
-_INSERTED: Final = tuple(column for column in orders.columns if column.name != "updated_at")
+_INSERTED: Final = tuple(column for column in orders.columns if column.server_default is None)
 
 #: Takes the order's creation lock and inserts it, in one round trip. PostgreSQL runs the
 #: ``creation_lock`` CTE because the INSERT selects from it; the casts give the selected
