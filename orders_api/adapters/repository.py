@@ -21,8 +21,14 @@ from orders_api.domain import Order, OrderStatus, OrderType, Side
 from orders_api.executions import ExecutionKind, ExecutionReport, ExecutionState, ExecutionStatus
 from orders_api.listing import ListPosition, OrderListing
 
-#: Every column a new order is inserted with (``updated_at`` takes the database's clock).
-_INSERTED: Final = tuple(column for column in orders.columns if column.server_default is None)
+#: Every column a new order is inserted with: those its domain object holds. ``updated_at`` takes
+#: the database's clock, and the execution columns their defaults (no report has come yet).
+_INSERTED: Final = tuple(
+    column
+    for column in orders.columns
+    if column.name
+    not in {"updated_at", "filled_quantity", "filled_notional", "execution_status", "execution_seq"}
+)
 
 #: Takes the order's creation lock and inserts it, in one round trip. PostgreSQL runs the
 #: ``creation_lock`` CTE because the INSERT selects from it; the casts give the selected
