@@ -160,7 +160,7 @@ class Applier:
                     len(self._pending) >= BATCH_MAX or time.monotonic() - self._first_at >= BATCH_WINDOW_S
                 ):
                     self._apply_and_ack(connection, channel)
-            if self._pending:
+            while self._pending:
                 self._apply_and_ack(connection, channel)
         finally:
             if connection.is_open:
@@ -178,8 +178,14 @@ class Applier:
         self._pending.append(_Delivery(method.delivery_tag, body))
 
     def _apply_and_ack(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> None:
-        """Apply every pending delivery in one transaction, retrying until it commits, then ack them."""
-        batch, self._pending = self._pending, []
+        """Apply the oldest :data:`BATCH_MAX` pending deliveries in one transaction, then ack them.
+
+        The transaction is retried until it commits. One ``multiple`` ack up to the batch's last
+        tag acks exactly the batch: the channel delivers tags in increasing order and every
+        earlier tag was in an earlier batch, acked already.
+        """
+        batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+        # What stays was delivered while this batch waited: it is due with the next batch.
         reports = _parse_all(batch)
         delay = 0.1
         while True:
