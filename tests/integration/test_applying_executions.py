@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from orders_api.adapters.confirmed_publisher import OutgoingMessage
+from orders_api.adapters.confirmed_publisher import OutgoingMessage, QueueDeclaration
 from orders_api.adapters.database import create_engine
 from orders_api.adapters.execution_queues import execution_queue_declarations, partition_queue
 from orders_api.config import Settings
@@ -192,3 +192,62 @@ def test_an_applier_killed_mid_stream_loses_and_doubles_nothing_once_restarted(
     assert len(stored_exec_ids(engine, ids)) == distinct
     wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
     assert "applier stopped" in log.read_text()
+
+
+def test_a_batch_the_database_refuses_stays_unacked_and_is_applied_once_the_database_is_back(
+    database_url: str,
+    rabbitmq_url: str,
+    applier_settings: ApplierSettings,
+    engine: sa.Engine,
+    rabbit: RabbitAdmin,
+) -> None:
+    rng = random.Random(13)
+    orders = store_orders(engine, 20)
+    stories = [story_of(order, rng) for order in orders]
+    ids = [order.id for order in orders]
+    distinct = sum(len(story) for story in stories)
+    # Statements give up after 300 ms, so a locked table fails each try of the batch quickly.
+    impatient = Settings(database_url=database_url, rabbitmq_url=rabbitmq_url, statement_timeout_ms=300)
+    applier_engine = create_engine(impatient, pool_size=1, application_name="orders-test-applier")
+    applier = Applier(impatient, applier_settings, applier_engine)
+    thread = threading.Thread(target=applier.run)
+    blocker = engine.connect()
+    try:
+        blocker.execute(sa.text("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE"))
+        thread.start()
+        publish_reports(
+            rabbitmq_url, applier_settings.queue_prefix, PARTITIONS, feed_of(stories, rng, repeats=0.2)
+        )
+        wait_until(
+            lambda: (
+                sum(
+                    int(rabbit.queue(q.name).get("messages_unacknowledged", 0))
+                    for q in _queues(applier_settings)
+                )
+                > 0
+            ),
+            20.0,
+            "the applier to hold the reports unacked",
+        )
+        wait_until(
+            lambda: any(name.startswith("orders-applier ") for name in rabbit.connection_names()),
+            10.0,
+            "the applier's connection to show its name",
+        )
+        assert applier.applied == 0
+        blocker.rollback()  # the database is back
+        wait_until(lambda: count_stored(engine, ids) == distinct, DRAIN_TIMEOUT_S, "every report")
+    finally:
+        blocker.close()
+        applier.stop()
+        thread.join(timeout=10)
+        applier_engine.dispose()
+
+    assert stored_states(engine, ids) == {
+        order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
+    }
+    wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
+
+
+def _queues(settings: ApplierSettings) -> tuple[QueueDeclaration, ...]:
+    return execution_queue_declarations(settings.queue_prefix, settings.partitions)
