@@ -23,7 +23,8 @@ Choices, and why:
 - SIGTERM (and SIGINT) let the batch in hand finish, commit and be acked; then the process exits.
 
 Liveness for Kubernetes is a heartbeat file (``APPLIER_HEARTBEAT_FILE``), touched by the
-consuming loop itself whenever it goes round, so a stuck loop stops touching it;
+consuming loop itself whenever it goes round (and between tries of a batch the database
+refused, which a restart would not cure), so a stuck loop stops touching it;
 ``orders-applier --check`` fails once it is older than ``--max-age``. A file rather than an
 HTTP ``/healthz``, since the process serves nothing else over HTTP, like the workers.
 """
@@ -197,6 +198,8 @@ class Applier:
                 logger.warning(
                     "applying a batch failed, retrying", extra={"error": str(error), "reports": len(reports)}
                 )
+                # Still alive: a restart cannot cure the database, so the probe keeps passing.
+                self._touch_heartbeat()
                 connection.sleep(delay)  # answers the broker's heartbeats meanwhile
                 delay = min(MAX_RETRY_DELAY_S, delay * 2)
         for report in outcome.unknown_order:
