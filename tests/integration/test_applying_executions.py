@@ -148,7 +148,7 @@ def _start_applier(
         )
 
 
-def test_an_applier_killed_mid_stream_loses_and_doubles_nothing_once_restarted(
+def test_an_applier_killed_or_stopped_mid_stream_loses_and_doubles_nothing_once_restarted(
     plain_settings: Settings,
     applier_settings: ApplierSettings,
     engine: sa.Engine,
@@ -180,11 +180,20 @@ def test_an_applier_killed_mid_stream_loses_and_doubles_nothing_once_restarted(
 
     second = _start_applier(plain_settings, applier_settings, log)
     try:
-        wait_until(lambda: count_stored(engine, ids) == distinct, DRAIN_TIMEOUT_S, "every report")
-        second.send_signal(signal.SIGTERM)
+        wait_until(lambda: count_stored(engine, ids) >= stored_at_kill + 500, DRAIN_TIMEOUT_S, "more batches")
+        second.send_signal(signal.SIGTERM)  # mid-stream too: the batch in hand commits and is acked
         assert second.wait(timeout=20) == 0, log.read_text()
     finally:
         second.kill()
+    assert count_stored(engine, ids) < distinct, "the applier finished before it could be stopped mid-stream"
+
+    third = _start_applier(plain_settings, applier_settings, log)
+    try:
+        wait_until(lambda: count_stored(engine, ids) == distinct, DRAIN_TIMEOUT_S, "every report")
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(timeout=20) == 0, log.read_text()
+    finally:
+        third.kill()
 
     assert stored_states(engine, ids) == {
         order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
