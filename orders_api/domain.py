@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+
+from orders_api.executions import ExecutionState
 
 #: Claims in a row that may end without an outcome (worker killed mid-placement) before the
 #: order counts as poison. A deploy or crash abandons a claim now and then; three in a row on
@@ -82,6 +84,9 @@ class Order:
     claimed_until: datetime | None = None
     #: Claims in a row whose lease ran out with no outcome recorded: their worker died mid-placement.
     abandoned_claims: int = 0
+    #: What the exchange's execution reports say so far; only the applier changes it
+    #: (:mod:`orders_api.adapters.execution_ledger`).
+    execution: ExecutionState = field(default_factory=ExecutionState)
 
     def claim(self, now: datetime, lease: timedelta, *, takeover_delay: timedelta = timedelta(0)) -> Order:
         """Return the order claimed for one call to the exchange, for ``lease`` unless renewed.

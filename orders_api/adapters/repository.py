@@ -16,11 +16,19 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from orders_api.adapters.tables import orders
+from orders_api.adapters.tables import executions, orders
 from orders_api.domain import Order, OrderStatus, OrderType, Side
+from orders_api.executions import ExecutionKind, ExecutionReport, ExecutionState, ExecutionStatus
+from orders_api.listing import ListPosition, OrderListing
 
-#: Every column a new order is inserted with (``updated_at`` takes the database's clock).
-_INSERTED: Final = tuple(column for column in orders.columns if column.name != "updated_at")
+#: Every column a new order is inserted with: those its domain object holds. ``updated_at`` takes
+#: the database's clock, and the execution columns their defaults (no report has come yet).
+_INSERTED: Final = tuple(
+    column
+    for column in orders.columns
+    if column.name
+    not in {"updated_at", "filled_quantity", "filled_notional", "execution_status", "execution_seq"}
+)
 
 #: Takes the order's creation lock and inserts it, in one round trip. PostgreSQL runs the
 #: ``creation_lock`` CTE because the INSERT selects from it; the casts give the selected
@@ -104,6 +112,13 @@ _RENEW_CLAIMS: Final = (
 )
 
 
+_EXECUTIONS_OF: Final = (
+    sa.select(executions)
+    .where(executions.c.order_id == sa.bindparam("order_id", type_=executions.c.order_id.type))
+    .order_by(executions.c.seq, executions.c.exec_id)
+)
+
+
 def creation_lock_key(order_id: uuid.UUID) -> int:
     """The advisory lock key under which an order is created, as a signed 64-bit integer.
 
@@ -148,6 +163,43 @@ class SqlAlchemyOrderRepository:
         query = _GET_FOR_UPDATE if for_update else _GET
         row = self._connection.execute(query, {"order_id": order_id}).mappings().one_or_none()
         return None if row is None else _order(row)
+
+    def executions_of(self, order_id: uuid.UUID) -> list[ExecutionReport]:
+        """The execution reports applied to ``order_id``, by ``seq``."""
+        rows = self._connection.execute(_EXECUTIONS_OF, {"order_id": order_id}).mappings()
+        return [
+            ExecutionReport(
+                exec_id=row["exec_id"],
+                order_id=row["order_id"],
+                seq=row["seq"],
+                kind=ExecutionKind(row["kind"]),
+                quantity=row["quantity"],
+                price=row["price"],
+                reported_at=row["reported_at"],
+            )
+            for row in rows
+        ]
+
+    def list_page(self, listing: OrderListing) -> list[Order]:
+        """The orders of one page of ``listing``, newest first, on the ``(created_at, id)`` index.
+
+        The position is compared as a row value, ``(created_at, id) < (:at, :id)``, which
+        PostgreSQL answers with one range scan of the index, backwards.
+        """
+        query = (
+            sa.select(orders).order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(listing.limit)
+        )
+        if listing.status is not None:
+            query = query.where(orders.c.status == listing.status.value)
+        if listing.instrument is not None:
+            query = query.where(orders.c.instrument == listing.instrument)
+        if listing.created_after is not None:
+            query = query.where(orders.c.created_at >= listing.created_after)
+        if listing.created_before is not None:
+            query = query.where(orders.c.created_at < listing.created_before)
+        if listing.after is not None:
+            query = query.where(_before(listing.after))
+        return [_order(row) for row in self._connection.execute(query).mappings()]
 
     def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
         """Lock up to ``limit`` pending orders untouched for ``untouched_for`` and not under a live claim.
@@ -247,4 +299,17 @@ def _order(row: sa.RowMapping) -> Order:
         last_error=row["last_error"],
         claimed_until=row["claimed_until"],
         abandoned_claims=row["abandoned_claims"],
+        execution=ExecutionState(
+            filled_quantity=row["filled_quantity"],
+            filled_notional=row["filled_notional"],
+            status=None if row["execution_status"] is None else ExecutionStatus(row["execution_status"]),
+            seq=row["execution_seq"],
+        ),
+    )
+
+
+def _before(position: ListPosition) -> sa.ColumnElement[bool]:
+    """Orders older than ``position`` in the list's order, ``(created_at, id)`` descending."""
+    return sa.tuple_(orders.c.created_at, orders.c.id) < sa.tuple_(
+        sa.literal(position.created_at, orders.c.created_at.type), sa.literal(position.id, orders.c.id.type)
     )

@@ -23,9 +23,18 @@ logger = logging.getLogger(__name__)
 INTERNAL_ERROR_BODY = {"message": "Internal server error while placing the order"}
 
 
+class InvalidQueryError(Exception):
+    """The query string is at fault; ``messages`` maps each parameter to what is wrong with it."""
+
+    def __init__(self, messages: object) -> None:
+        super().__init__("invalid query parameters")
+        self.messages = messages
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers on ``app``."""
     app.register_error_handler(ValidationError, _invalid_order)
+    app.register_error_handler(InvalidQueryError, _invalid_query)
     app.register_error_handler(InvalidIdempotencyKeyError, _invalid_idempotency_key)
     app.register_error_handler(IdempotencyKeyReusedError, _idempotency_key_reused)
     app.register_error_handler(IdempotencyKeyInFlightError, _idempotency_key_in_flight)
@@ -47,6 +56,15 @@ def _invalid_order(error: ValidationError) -> tuple[Response, int]:
         "Unprocessable Entity",
         "The order is invalid; see errors for each field at fault.",
         {"json": error.messages},
+    )
+
+
+def _invalid_query(error: InvalidQueryError) -> tuple[Response, int]:
+    return client_error(
+        422,
+        "Unprocessable Entity",
+        "The query parameters are invalid; see errors for each parameter at fault.",
+        {"query": error.messages},
     )
 
 

@@ -26,11 +26,15 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import fields, validate
 
+from orders_api.entrypoints.list_query import OrderListQuerySchema
 from orders_api.entrypoints.orders import IDEMPOTENCY_KEY_HEADER
 from orders_api.entrypoints.response_schemas import (
     ErrorSchema,
+    ExecutionSchema,
     InternalErrorSchema,
     LivenessSchema,
+    OrderDetailSchema,
+    OrderPageSchema,
     OrderSchema,
     ReadinessSchema,
 )
@@ -120,6 +124,9 @@ def build_document(extra_paths: Mapping[str, Operations] | None = None) -> dict[
     converter.add_attribute_function(_exclusive_bounds)  # type: ignore[no-untyped-call]
     _add_order_request(spec, converter.schema2jsonschema(OrderRequestSchema))  # type: ignore[no-untyped-call]
     spec.components.schema("Order", schema=OrderSchema)
+    spec.components.schema("Execution", schema=ExecutionSchema)
+    spec.components.schema("OrderDetail", schema=OrderDetailSchema)
+    spec.components.schema("OrderPage", schema=OrderPageSchema)
     spec.components.schema("Error", schema=ErrorSchema)
     spec.components.schema("InternalError", schema=InternalErrorSchema)
     spec.components.schema("Liveness", schema=LivenessSchema)
@@ -184,7 +191,7 @@ def _add_order_request(spec: APISpec, generated: dict[str, Any]) -> None:
 
 def _built_in_paths() -> dict[str, Operations]:
     return {
-        "/orders": {"post": _create_order()},
+        "/orders": {"post": _create_order(), "get": _list_orders()},
         "/orders/{order_id}": {"get": _show_order()},
         "/healthz": {"get": _liveness()},
         "/readyz": {"get": _readiness()},
@@ -293,7 +300,7 @@ def _show_order() -> dict[str, Any]:
         "operationId": "getOrder",
         "tags": ["orders"],
         "summary": "Look up an order",
-        "description": "The order and where it stands with the exchange.",
+        "description": "The order, where it stands with the exchange, its fills and its executions.",
         "parameters": [
             {
                 "in": "path",
@@ -304,8 +311,28 @@ def _show_order() -> dict[str, Any]:
             }
         ],
         "responses": {
-            "200": {"description": "The order.", "content": {_JSON: {"schema": "Order"}}},
+            "200": {
+                "description": "The order, with its executions.",
+                "content": {_JSON: {"schema": "OrderDetail"}},
+            },
             "404": _error("No order has this id, or it is not a UUID."),
+            "500": _internal_error(),
+        },
+    }
+
+
+def _list_orders() -> dict[str, Any]:
+    return {
+        "operationId": "listOrders",
+        "tags": ["orders"],
+        "summary": "List orders",
+        "description": "Orders newest first, filtered by the parameters given, a page at a time: follow "
+        "`next_cursor` (as `cursor`, with the same filters) until it is null. A page never repeats "
+        "or skips an order of the pages before it. Unknown parameters are refused.",
+        "parameters": [{"in": "query", "schema": OrderListQuerySchema}],
+        "responses": {
+            "200": {"description": "One page of orders.", "content": {_JSON: {"schema": "OrderPage"}}},
+            "422": _error("A parameter is invalid or unknown; `errors.query` names each one at fault."),
             "500": _internal_error(),
         },
     }

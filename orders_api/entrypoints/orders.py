@@ -12,15 +12,21 @@ from werkzeug.exceptions import BadRequest, NotFound
 
 from orders_api import request_ids
 from orders_api.domain import Order, OrderType, Side
+from orders_api.entrypoints.errors import InvalidQueryError
+from orders_api.entrypoints.list_query import OrderListQuerySchema, encode_cursor
 from orders_api.entrypoints.request_body import read_body
 from orders_api.entrypoints.schemas import OrderRequestSchema
 from orders_api.entrypoints.services import IntakeItem, OrderServices
+from orders_api.executions import ExecutionReport
 from orders_api.idempotency import IdempotentRequest, request_fingerprint, validated_key
-from orders_api.service_layer.ordering import SubmitOrder, get_order, new_order, submit_order
+from orders_api.listing import OrderListing
+from orders_api.service_layer.order_queries import get_order_detail, list_orders
+from orders_api.service_layer.ordering import SubmitOrder, new_order, submit_order
 
 blueprint = Blueprint("orders", __name__, url_prefix="/orders")
 
 _request_schema = OrderRequestSchema()
+_list_query_schema = OrderListQuerySchema()
 
 #: The optional request header that makes ``POST /orders`` safe to retry.
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
@@ -56,22 +62,43 @@ def create_order() -> tuple[Response, int, dict[str, str]]:
     return jsonify(order_representation(order)), 201, {"Location": location}
 
 
+@blueprint.get("")
+def index_orders() -> Response:
+    """A page of orders, newest first, filtered as the query asks; ``422`` for a parameter at fault."""
+    try:
+        listing: OrderListing = _list_query_schema.load(request.args)
+    except ValidationError as error:
+        raise InvalidQueryError(error.messages) from None
+    page = list_orders(listing, _services().unit_of_work())
+    return jsonify(
+        {
+            "orders": [order_representation(order) for order in page.orders],
+            "next_cursor": None if page.next is None else encode_cursor(page.next),
+        }
+    )
+
+
 @blueprint.get("/<order_id>")
 def show_order(order_id: str) -> Response:
-    """The order and where it stands with the exchange; ``404`` for an unknown or malformed id."""
+    """The order, where it stands with the exchange, and its executions; ``404`` for an unknown id."""
     try:
         parsed = uuid.UUID(order_id)
     except ValueError:
         raise NotFound(f"No order with id {order_id!r}.") from None
-    order = get_order(parsed, _services().unit_of_work())
-    if order is None:
+    detail = get_order_detail(parsed, _services().unit_of_work())
+    if detail is None:
         raise NotFound(f"No order with id {order_id!r}.")
-    return jsonify(order_representation(order))
+    return jsonify(order_representation(detail.order, detail.executions))
 
 
-def order_representation(order: Order) -> dict[str, Any]:
-    """The order as clients see it; prices are decimal strings so that no digit is lost to floats."""
-    return {
+def order_representation(order: Order, executions: list[ExecutionReport] | None = None) -> dict[str, Any]:
+    """The order as clients see it; prices are decimal strings so that no digit is lost to floats.
+
+    ``executions`` are listed only where they were read (one order's page): the list of orders
+    shows each order's totals without them.
+    """
+    average_price = order.execution.average_price
+    representation: dict[str, Any] = {
         "id": str(order.id),
         "created_at": order.created_at.astimezone(UTC).isoformat(),
         "type": order.type.value,
@@ -83,6 +110,23 @@ def order_representation(order: Order) -> dict[str, Any]:
         "placed_at": None if order.placed_at is None else order.placed_at.astimezone(UTC).isoformat(),
         "attempts": order.attempts,
         "last_error": order.last_error,
+        "filled_quantity": order.execution.filled_quantity,
+        "average_price": None if average_price is None else f"{average_price:.4f}",
+        "execution_status": None if order.execution.status is None else order.execution.status.value,
+    }
+    if executions is not None:
+        representation["executions"] = [_execution_representation(report) for report in executions]
+    return representation
+
+
+def _execution_representation(report: ExecutionReport) -> dict[str, Any]:
+    return {
+        "exec_id": report.exec_id,
+        "seq": report.seq,
+        "kind": report.kind.value,
+        "quantity": report.quantity,
+        "price": None if report.price is None else f"{report.price:.4f}",
+        "reported_at": report.reported_at.astimezone(UTC).isoformat(),
     }
 
 

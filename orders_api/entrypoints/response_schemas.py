@@ -15,9 +15,12 @@ from marshmallow import Schema, fields, validate
 from orders_api.domain import OrderStatus
 from orders_api.entrypoints.errors import INTERNAL_ERROR_BODY
 from orders_api.entrypoints.schemas import INSTRUMENT_PATTERN, MAX_QUANTITY, ORDER_TYPES, SIDES
+from orders_api.executions import ExecutionKind, ExecutionStatus
 
 #: A stored limit price as the API writes it: a decimal string with exactly two places.
 PRICE_STRING_PATTERN: Final = r"^[0-9]{1,10}\.[0-9]{2}$"
+#: A fill's price, or an average of them, as the API writes it: exactly four places.
+FILL_PRICE_PATTERN: Final = r"^[0-9]{1,14}\.[0-9]{4}$"
 
 
 class OrderSchema(Schema):
@@ -55,6 +58,73 @@ class OrderSchema(Schema):
     )
     last_error = fields.String(
         required=True, allow_none=True, metadata={"description": "Why the last attempt failed, if it did."}
+    )
+    filled_quantity = fields.Integer(
+        required=True,
+        validate=validate.Range(min=0),
+        metadata={"description": "How much of the quantity the exchange has filled so far."},
+    )
+    average_price = fields.String(
+        required=True,
+        allow_none=True,
+        validate=validate.Regexp(FILL_PRICE_PATTERN),
+        metadata={
+            "description": "The average price of the fills so far, rounded half-even to 4 places; "
+            "null before the first fill.",
+            "example": "150.2500",
+        },
+    )
+    execution_status = fields.String(
+        required=True,
+        allow_none=True,
+        validate=validate.OneOf([status.value for status in ExecutionStatus]),
+        metadata={
+            "description": "Where the order stands on the exchange, as its latest execution report "
+            "says; null before the first report."
+        },
+    )
+
+
+class ExecutionSchema(Schema):
+    """One execution report of the exchange, as applied to its order."""
+
+    exec_id = fields.String(required=True, metadata={"description": "The exchange's id of the report."})
+    seq = fields.Integer(
+        required=True, validate=validate.Range(min=1), metadata={"description": "Per order."}
+    )
+    kind = fields.String(required=True, validate=validate.OneOf([kind.value for kind in ExecutionKind]))
+    quantity = fields.Integer(
+        required=True, validate=validate.Range(min=0), metadata={"description": "Filled by it; 0 if no fill."}
+    )
+    price = fields.String(
+        required=True,
+        allow_none=True,
+        validate=validate.Regexp(FILL_PRICE_PATTERN),
+        metadata={"description": "The fill's price; null if no fill.", "example": "150.2500"},
+    )
+    reported_at = fields.AwareDateTime(
+        required=True, metadata={"description": "When the exchange reported it."}
+    )
+
+
+class OrderDetailSchema(OrderSchema):
+    """An order as ``GET /orders/{order_id}`` returns it: with its executions."""
+
+    executions = fields.List(
+        fields.Nested(ExecutionSchema),
+        required=True,
+        metadata={"description": "The execution reports applied to the order, by seq."},
+    )
+
+
+class OrderPageSchema(Schema):
+    """``GET /orders``: a page of orders, newest first, and where the next page starts."""
+
+    orders = fields.List(fields.Nested(OrderSchema), required=True)
+    next_cursor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Send it as `cursor` for the next page; null on the last page."},
     )
 
 

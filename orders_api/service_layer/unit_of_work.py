@@ -15,7 +15,9 @@ import sqlalchemy as sa
 from orders_api.adapters.idempotency_keys import SqlAlchemyIdempotencyKeyRepository
 from orders_api.adapters.repository import SqlAlchemyOrderRepository
 from orders_api.domain import Order
+from orders_api.executions import ExecutionReport
 from orders_api.idempotency import IdempotencyKey
+from orders_api.listing import OrderListing
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,12 @@ class OrderRepository(Protocol):
 
     def update(self, order: Order) -> None:
         """Persist the changeable fields of ``order``."""
+
+    def executions_of(self, order_id: uuid.UUID) -> list[ExecutionReport]:
+        """The execution reports applied to ``order_id``, by ``seq``."""
+
+    def list_page(self, listing: OrderListing) -> list[Order]:
+        """One page of orders, newest first, as ``listing`` asks."""
 
     def compare_and_set(self, seen: Order, changed: Order) -> bool:
         """Persist ``changed`` only if the stored order still equals ``seen``; return whether it did."""

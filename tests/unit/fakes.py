@@ -19,7 +19,9 @@ from types import TracebackType
 from typing import Self
 
 from orders_api.domain import Order, OrderStatus, OrderType, Side
+from orders_api.executions import ExecutionReport
 from orders_api.idempotency import IdempotencyKey, IdempotencyKeyInFlightError
+from orders_api.listing import OrderListing
 from orders_api.service_layer.claims import RENEWALS_PER_LEASE, ClaimKeeper
 
 #: A fixed moment for tests that need a clock; timezone-aware, as every timestamp of the service is.
@@ -114,6 +116,15 @@ class FakeOrderRepository:
             if holder is not None:
                 holder()
         return self.rows.get(order_id)
+
+    def executions_of(self, order_id: uuid.UUID) -> list[ExecutionReport]:
+        """No reports: the in-memory orders never hear from the exchange."""
+        return []
+
+    def list_page(self, listing: OrderListing) -> list[Order]:
+        """Every order newest first, up to the listing's limit (its filters are the SQL's to test)."""
+        ordered = sorted(self.rows.values(), key=lambda order: (order.created_at, order.id), reverse=True)
+        return ordered[: listing.limit]
 
     def lock_stale_pending(self, untouched_for: timedelta, *, limit: int) -> list[Order]:
         """The pending, unclaimed orders among :attr:`stale`, minus :attr:`locked_elsewhere`, up to ``limit``.

@@ -24,7 +24,7 @@ def client() -> Iterator[FlaskClient]:
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
-        ("PUT", "/orders", {"POST", "OPTIONS"}),
+        ("PUT", "/orders", {"GET", "HEAD", "POST", "OPTIONS"}),
         ("TRACE", "/orders/6f1c2b9e-8d5c-4b1a-9f0e-3c2d1a0b9e8f", {"GET", "HEAD", "OPTIONS"}),
         ("DELETE", "/healthz", {"GET", "HEAD", "OPTIONS"}),
     ],

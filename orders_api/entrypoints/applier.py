@@ -1,0 +1,269 @@
+"""``orders-applier``: applies the exchange's execution reports from the partition queues to PostgreSQL.
+
+A dedicated pika consumer rather than a Dramatiq actor: Dramatiq hands an actor one message at a
+time and acks each once its actor returns, so each report would cost a transaction of its own
+(a COMMIT and its WAL flush per report). Here one process consumes every partition queue on one
+channel, gathers the deliveries of up to :data:`BATCH_MAX` reports or :data:`BATCH_WINDOW_S`,
+applies them in one transaction (:func:`orders_api.adapters.execution_ledger.apply_reports`)
+and only after its COMMIT acks them all with one ``basic.ack(multiple=True)`` up to the last
+delivery tag. A crash before the ack gets the whole batch redelivered, and the ledger
+(``executions``, unique ``exec_id``) makes the second application a no-op: exactly once.
+
+Choices, and why:
+
+- A malformed report is logged (whole body) and acked: it can never become valid, and
+  requeueing it would block its partition (one active consumer) forever; the partition
+  queues' arguments are the shared contract, so they carry no dead-letter exchange.
+- A report for an unknown order is logged and acked too. A worker places an order on the
+  exchange only after the order committed (it waits on the order's creation lock), so the
+  exchange cannot report on an order the database does not have yet: such a report belongs to
+  no order of ours and waiting would never help.
+- A database error acks nothing: the same batch is retried, with a growing pause, until it
+  commits; the broker keeps the messages meanwhile (and redelivers them if this process dies).
+- SIGTERM (and SIGINT) let the batch in hand finish, commit and be acked; then the process exits.
+
+Liveness for Kubernetes is a heartbeat file (``APPLIER_HEARTBEAT_FILE``), touched by the
+consuming loop itself whenever it goes round (and between tries of a batch the database
+refused, which a restart would not cure), so a stuck loop stops touching it;
+``orders-applier --check`` fails once it is older than ``--max-age``. A file rather than an
+HTTP ``/healthz``, since the process serves nothing else over HTTP, like the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import pika
+import pika.channel
+import pika.exceptions
+import pika.spec
+import sqlalchemy as sa
+from pika.adapters.blocking_connection import BlockingChannel
+
+from orders_api.adapters.database import create_engine
+from orders_api.adapters.execution_ledger import apply_reports
+from orders_api.adapters.execution_queues import (
+    DEFAULT_EXECUTION_PARTITIONS,
+    DEFAULT_EXECUTION_QUEUE_PREFIX,
+    execution_queue_declarations,
+)
+from orders_api.adapters.rabbitmq_nodes import connection_name, connection_parameters
+from orders_api.config import Settings
+from orders_api.executions import ExecutionReport, MalformedReportError, parse_report
+from orders_api.logging_setup import configure_logging
+
+logger = logging.getLogger(__name__)
+
+#: Reports applied in one transaction at most (more may come if one read delivers more).
+BATCH_MAX = 500
+#: Seconds a batch waits for more reports after its first before it is applied.
+BATCH_WINDOW_S = 0.02
+#: Unacked deliveries each partition's consumer may hold: enough for a full batch to arrive
+#: from one busy partition while the previous batch commits.
+PREFETCH_PER_QUEUE = 2 * BATCH_MAX
+#: Longest pause between two tries of a batch the database refused.
+MAX_RETRY_DELAY_S = 5.0
+#: Seconds of the RabbitMQ heartbeat; a batch never blocks the connection that long.
+HEARTBEAT_S = 30
+#: Seconds before a heartbeat file counts as stale for ``--check``.
+DEFAULT_MAX_HEARTBEAT_AGE_S = 60.0
+
+
+@dataclass(frozen=True)
+class ApplierSettings:
+    """Where the reports come from and where the liveness heartbeat goes."""
+
+    queue_prefix: str = DEFAULT_EXECUTION_QUEUE_PREFIX
+    partitions: int = DEFAULT_EXECUTION_PARTITIONS
+    heartbeat_file: Path = field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "orders-applier.heartbeat"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ApplierSettings:
+        """Read ``EXECUTION_QUEUE_PREFIX``, ``EXECUTION_PARTITIONS``, ``APPLIER_HEARTBEAT_FILE``."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            queue_prefix=env.get("EXECUTION_QUEUE_PREFIX", defaults.queue_prefix),
+            partitions=int(env.get("EXECUTION_PARTITIONS", defaults.partitions)),
+            heartbeat_file=Path(env.get("APPLIER_HEARTBEAT_FILE", str(defaults.heartbeat_file))),
+        )
+
+
+@dataclass
+class _Delivery:
+    tag: int
+    body: bytes
+
+
+class Applier:
+    """Consumes the partition queues and applies their reports in batches until :meth:`stop`."""
+
+    def __init__(self, settings: Settings, applier_settings: ApplierSettings, engine: sa.Engine) -> None:
+        self._settings = settings
+        self._applier_settings = applier_settings
+        self._engine = engine
+        self._stopping = False
+        self._pending: list[_Delivery] = []
+        self._first_at = 0.0
+        #: Reports newly applied since the process started, for the log and the tests.
+        self.applied = 0
+
+    def stop(self) -> None:
+        """Ask the loop to apply and ack the batch in hand, then return; safe from a signal handler."""
+        self._stopping = True
+
+    def run(self) -> None:
+        """Consume until stopped; a lost broker connection is reopened after a pause."""
+        while not self._stopping:
+            try:
+                self._consume()
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
+                self._pending.clear()  # the broker requeues whatever was not acked
+                logger.warning("lost RabbitMQ, reconnecting", extra={"error": str(error)})
+                time.sleep(1.0)
+
+    def _consume(self) -> None:
+        parameters = connection_parameters(
+            self._settings.rabbitmq_url,
+            connect_timeout_s=self._settings.connect_timeout_s,
+            blocked_connection_timeout_s=60.0,
+            connection_name=connection_name("orders-applier"),
+            heartbeat_s=HEARTBEAT_S,
+        )
+        connection = pika.BlockingConnection(parameters)
+        try:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=PREFETCH_PER_QUEUE)
+            for declaration in execution_queue_declarations(
+                self._applier_settings.queue_prefix, self._applier_settings.partitions
+            ):
+                channel.queue_declare(declaration.name, durable=True, arguments=declaration.arguments)
+                channel.basic_consume(declaration.name, self._on_message)
+            logger.info("applier consuming", extra={"partitions": self._applier_settings.partitions})
+            while not self._stopping:
+                self._touch_heartbeat()
+                wait = BATCH_WINDOW_S - (time.monotonic() - self._first_at) if self._pending else 0.5
+                connection.process_data_events(time_limit=max(0.0, wait))
+                if self._pending and (
+                    len(self._pending) >= BATCH_MAX or time.monotonic() - self._first_at >= BATCH_WINDOW_S
+                ):
+                    self._apply_and_ack(connection, channel)
+            while self._pending:
+                self._apply_and_ack(connection, channel)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _on_message(
+        self,
+        _channel: BlockingChannel,
+        method: pika.spec.Basic.Deliver,
+        _properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        if not self._pending:
+            self._first_at = time.monotonic()
+        self._pending.append(_Delivery(method.delivery_tag, body))
+
+    def _apply_and_ack(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> None:
+        """Apply the oldest :data:`BATCH_MAX` pending deliveries in one transaction, then ack them.
+
+        The transaction is retried until it commits. One ``multiple`` ack up to the batch's last
+        tag acks exactly the batch: the channel delivers tags in increasing order and every
+        earlier tag was in an earlier batch, acked already.
+        """
+        batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+        # What stays was delivered while this batch waited: it is due with the next batch.
+        reports = _parse_all(batch)
+        delay = 0.1
+        while True:
+            try:
+                with self._engine.begin() as db:
+                    outcome = apply_reports(db, reports)
+                break
+            except sa.exc.SQLAlchemyError as error:
+                logger.warning(
+                    "applying a batch failed, retrying", extra={"error": str(error), "reports": len(reports)}
+                )
+                # Still alive: a restart cannot cure the database, so the probe keeps passing.
+                self._touch_heartbeat()
+                connection.sleep(delay)  # answers the broker's heartbeats meanwhile
+                delay = min(MAX_RETRY_DELAY_S, delay * 2)
+        for report in outcome.unknown_order:
+            logger.warning(
+                "execution report for an unknown order, dropped",
+                extra={"exec_id": report.exec_id, "order_id": str(report.order_id)},
+            )
+        channel.basic_ack(batch[-1].tag, multiple=True)
+        self.applied += outcome.applied
+        logger.debug("batch applied", extra={"applied": outcome.applied, "repeated": outcome.repeated})
+
+    def _touch_heartbeat(self) -> None:
+        try:
+            self._applier_settings.heartbeat_file.touch()
+        except OSError as error:
+            logger.warning("cannot touch the heartbeat file", extra={"error": str(error)})
+
+
+def _parse_all(batch: Sequence[_Delivery]) -> list[ExecutionReport]:
+    """The batch's well-formed reports; each malformed one is logged whole, to be acked with the rest."""
+    reports = []
+    for delivery in batch:
+        try:
+            reports.append(parse_report(delivery.body))
+        except MalformedReportError as error:
+            logger.error(
+                "malformed execution report, dropped",
+                extra={"error": str(error), "body": delivery.body.decode("utf-8", "replace")},
+            )
+    return reports
+
+
+def heartbeat_is_fresh(path: Path, max_age_s: float, *, now: float | None = None) -> bool:
+    """Whether the heartbeat file exists and was touched within ``max_age_s`` seconds."""
+    try:
+        touched = path.stat().st_mtime
+    except OSError:
+        return False
+    return (time.time() if now is None else now) - touched <= max_age_s
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the applier until SIGTERM; with ``--check``, exit 0 only if its heartbeat is fresh."""
+    parser = argparse.ArgumentParser(prog="orders-applier", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="liveness probe: is the heartbeat fresh?")
+    parser.add_argument("--max-age", type=float, default=DEFAULT_MAX_HEARTBEAT_AGE_S)
+    arguments = parser.parse_args(argv)
+    applier_settings = ApplierSettings.from_env()
+    if arguments.check:
+        sys.exit(0 if heartbeat_is_fresh(applier_settings.heartbeat_file, arguments.max_age) else 1)
+    configure_logging()
+    settings = Settings.from_env()
+    engine = create_engine(settings, pool_size=1, application_name="orders-applier")
+    applier = Applier(settings, applier_settings, engine)
+    handler = functools.partial(_stop_on_signal, applier)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        applier.run()
+    finally:
+        engine.dispose()
+    logger.info("applier stopped", extra={"applied": applier.applied})
+
+
+def _stop_on_signal(applier: Applier, signum: int, _frame: FrameType | None) -> None:
+    logger.info("applier stopping", extra={"signal": signal.Signals(signum).name})
+    applier.stop()

@@ -1,0 +1,172 @@
+"""Stand-in execution reports for tests and the applier's benchmark: stored orders, their stories, the queues.
+
+Each order gets a story as the feed's contract tells it (accepted, partial fills, then a fill or a
+cancel; or a rejection), with prices of 4 decimals; :func:`feed_of` then repeats and shuffles
+the reports as a real feed does, and :func:`publish_reports` hands them to the partition queues
+as the ingestor would (one report per message, confirmed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage
+from orders_api.adapters.execution_queues import execution_queue_declarations, partition_of, partition_queue
+from orders_api.adapters.repository import SqlAlchemyOrderRepository
+from orders_api.domain import Order, OrderStatus, OrderType, Side
+from orders_api.executions import ExecutionKind, ExecutionReport, ExecutionState, ExecutionStatus
+
+#: An ISIN, as orders must name their instrument.
+INSTRUMENT = "US0378331005"
+#: Reports handed to the broker per confirmed batch.
+PUBLISH_BATCH = 1000
+
+
+def store_orders(engine: sa.Engine, count: int, *, quantity: int = 100) -> list[Order]:
+    """Commit ``count`` placed buy orders (limit 100.00) and return them."""
+    now = datetime.now(UTC)
+    orders = [
+        Order(
+            id=uuid.uuid4(),
+            created_at=now,
+            type=OrderType.LIMIT,
+            side=Side.BUY,
+            instrument=INSTRUMENT,
+            limit_price=Decimal("100.00"),
+            quantity=quantity,
+            status=OrderStatus.PLACED,
+            placed_at=now,
+            attempts=1,
+        )
+        for _ in range(count)
+    ]
+    with engine.begin() as connection:
+        SqlAlchemyOrderRepository(connection).add_many(orders)
+    return orders
+
+
+def story_of(order: Order, rng: random.Random) -> list[ExecutionReport]:
+    """One story the exchange could tell about ``order``, in ``seq`` order."""
+    at = datetime.now(UTC)
+
+    def report(
+        seq: int, kind: ExecutionKind, quantity: int = 0, price: Decimal | None = None
+    ) -> ExecutionReport:
+        return ExecutionReport(uuid.uuid4().hex, order.id, seq, kind, quantity, price, at)
+
+    if rng.random() < 0.1:
+        return [report(1, ExecutionKind.REJECTED)]
+    story = [report(1, ExecutionKind.ACCEPTED)]
+    left = order.quantity
+    while left > 0 and rng.random() < 0.7:
+        part = rng.randint(1, left)
+        price = Decimal(rng.randint(900_000, 1_000_000)) / Decimal(10_000)
+        kind = ExecutionKind.FILL if part == left else ExecutionKind.PARTIAL_FILL
+        story.append(report(len(story) + 1, kind, part, price))
+        left -= part
+    if left > 0:
+        story.append(report(len(story) + 1, ExecutionKind.CANCELLED))
+    return story
+
+
+def feed_of(
+    stories: Sequence[Sequence[ExecutionReport]], rng: random.Random, *, repeats: float
+) -> list[ExecutionReport]:
+    """Every report of ``stories``, shuffled, with about ``repeats`` of them (a fraction) sent twice."""
+    reports = [report for story in stories for report in story]
+    reports += rng.sample(reports, int(len(reports) * repeats))
+    rng.shuffle(reports)
+    return reports
+
+
+def expected_state(story: Sequence[ExecutionReport]) -> ExecutionState:
+    """The state a straight replay of the story leaves its order in."""
+    return ExecutionState().applied_all(story)
+
+
+def report_json(report: ExecutionReport, feed_seq: int) -> bytes:
+    """The report as the ingestor publishes it: the feed's JSON object."""
+    return json.dumps(
+        {
+            "feed_seq": feed_seq,
+            "exec_id": report.exec_id,
+            "order_id": str(report.order_id),
+            "seq": report.seq,
+            "kind": report.kind.value,
+            "quantity": report.quantity,
+            "price": None if report.price is None else str(report.price),
+            "ts": report.reported_at.isoformat(),
+        }
+    ).encode()
+
+
+def publish_reports(
+    rabbitmq_url: str,
+    prefix: str,
+    partitions: int,
+    reports: Sequence[ExecutionReport],
+    *,
+    extra: Sequence[OutgoingMessage] = (),
+) -> None:
+    """Publish ``reports`` (and ``extra`` raw messages) to the partition queues, each confirmed."""
+    messages = [
+        OutgoingMessage(
+            partition_queue(prefix, partition_of(report.order_id, partitions)),
+            report_json(report, feed_seq),
+            report.exec_id,
+        )
+        for feed_seq, report in enumerate(reports, start=1)
+    ]
+    messages += extra
+    publisher = ConfirmedPublisher(
+        rabbitmq_url,
+        execution_queue_declarations(prefix, partitions),
+        connect_timeout_s=5.0,
+        confirm_timeout_s=30.0,
+        connection_role="orders-test-feed",
+    )
+    try:
+        for start in range(0, len(messages), PUBLISH_BATCH):
+            publisher.publish_all(messages[start : start + PUBLISH_BATCH])
+    finally:
+        publisher.close()
+
+
+def stored_states(engine: sa.Engine, order_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, ExecutionState]:
+    """The execution state of each of ``order_ids`` as committed."""
+    query = sa.text(
+        "SELECT id, filled_quantity, filled_notional, execution_status, execution_seq"
+        " FROM orders WHERE id = ANY(:ids)"
+    )
+    with engine.connect() as connection:
+        rows = connection.execute(query, {"ids": list(order_ids)})
+        return {
+            row.id: ExecutionState(
+                row.filled_quantity,
+                row.filled_notional,
+                None if row.execution_status is None else ExecutionStatus(row.execution_status),
+                row.execution_seq,
+            )
+            for row in rows
+        }
+
+
+def stored_exec_ids(engine: sa.Engine, order_ids: Sequence[uuid.UUID]) -> list[str]:
+    """Every ``exec_id`` stored for ``order_ids`` (a repeat would show as a second copy)."""
+    query = sa.text("SELECT exec_id FROM executions WHERE order_id = ANY(:ids)")
+    with engine.connect() as connection:
+        return list(connection.execute(query, {"ids": list(order_ids)}).scalars())
+
+
+def count_stored(engine: sa.Engine, order_ids: Sequence[uuid.UUID]) -> int:
+    """How many reports of ``order_ids`` are stored."""
+    query = sa.text("SELECT count(*) FROM executions WHERE order_id = ANY(:ids)")
+    with engine.connect() as connection:
+        return int(connection.execute(query, {"ids": list(order_ids)}).scalar_one())

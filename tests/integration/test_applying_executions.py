@@ -1,0 +1,262 @@
+"""The applier against real PostgreSQL and RabbitMQ: each report applied once, whatever the feed or crashes.
+
+Reports go into the partition queues repeated and shuffled, as the feed sends them; after the
+applier has drained the queues, every order must stand exactly as a straight replay of its
+story leaves it, and the ledger must hold each report once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from orders_api.adapters.confirmed_publisher import OutgoingMessage, QueueDeclaration
+from orders_api.adapters.database import create_engine
+from orders_api.adapters.execution_queues import execution_queue_declarations, partition_queue
+from orders_api.config import Settings
+from orders_api.entrypoints.applier import Applier, ApplierSettings
+from orders_api.executions import ExecutionReport
+from tests.execution_reports import (
+    count_stored,
+    expected_state,
+    feed_of,
+    publish_reports,
+    store_orders,
+    stored_exec_ids,
+    stored_states,
+    story_of,
+)
+from tests.rabbitmq_admin import RabbitAdmin
+
+PARTITIONS = 4
+#: Seconds the applier may take to drain what a test published.
+DRAIN_TIMEOUT_S = 60.0
+
+
+@pytest.fixture
+def applier_settings(rabbit: RabbitAdmin, tmp_path: Path) -> Iterator[ApplierSettings]:
+    """Partition queues of this test's own, deleted afterwards (quorum queues hold file handles)."""
+    prefix = f"order-executions.{uuid.uuid4().hex[:8]}"
+    yield ApplierSettings(queue_prefix=prefix, partitions=PARTITIONS, heartbeat_file=tmp_path / "heartbeat")
+    rabbit.delete_queues_if_present(
+        *(declaration.name for declaration in execution_queue_declarations(prefix, PARTITIONS))
+    )
+
+
+@pytest.fixture
+def plain_settings(database_url: str, rabbitmq_url: str) -> Settings:
+    return Settings(database_url=database_url, rabbitmq_url=rabbitmq_url)
+
+
+@pytest.fixture
+def engine(plain_settings: Settings) -> Iterator[sa.Engine]:
+    engine = create_engine(plain_settings, pool_size=2, application_name="orders-test")
+    yield engine
+    engine.dispose()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def ready_messages(rabbit: RabbitAdmin, settings: ApplierSettings) -> int:
+    """Messages left in the partition queues, ready or unacked, as the broker counts them now."""
+    total = 0
+    for partition in range(settings.partitions):
+        queue = rabbit.queue(partition_queue(settings.queue_prefix, partition))
+        total += int(queue.get("messages_ready", 0)) + int(queue.get("messages_unacknowledged", 0))
+    return total
+
+
+def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_replay(
+    plain_settings: Settings, applier_settings: ApplierSettings, engine: sa.Engine, rabbit: RabbitAdmin
+) -> None:
+    rng = random.Random(11)
+    orders = store_orders(engine, 60)
+    stories = [story_of(order, rng) for order in orders]
+    feed = feed_of(stories, rng, repeats=0.3)
+    stranger = ExecutionReport(
+        "stranger", uuid.uuid4(), 1, stories[0][0].kind, 0, None, stories[0][0].reported_at
+    )
+    garbage = OutgoingMessage(
+        partition_queue(applier_settings.queue_prefix, 0), b'{"kind": "fill"', "garbage"
+    )
+    publish_reports(
+        plain_settings.rabbitmq_url,
+        applier_settings.queue_prefix,
+        PARTITIONS,
+        [*feed, stranger],
+        extra=[garbage],
+    )
+    applier = Applier(plain_settings, applier_settings, engine)
+    thread = threading.Thread(target=applier.run)
+    thread.start()
+    try:
+        distinct = sum(len(story) for story in stories)
+        wait_until(
+            lambda: count_stored(engine, [o.id for o in orders]) == distinct, DRAIN_TIMEOUT_S, "every report"
+        )
+    finally:
+        applier.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+    assert sorted(stored_exec_ids(engine, [o.id for o in orders])) == sorted(
+        r.exec_id for s in stories for r in s
+    )
+    assert stored_states(engine, [o.id for o in orders]) == {
+        order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
+    }
+    assert applier.applied == distinct
+    # The repeats, the report about no order of ours and the malformed one were all acked.
+    wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
+    assert applier_settings.heartbeat_file.exists()
+
+
+def _start_applier(
+    settings: Settings, applier_settings: ApplierSettings, log: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "RABBITMQ_URL": settings.rabbitmq_url,
+        "EXECUTION_QUEUE_PREFIX": applier_settings.queue_prefix,
+        "EXECUTION_PARTITIONS": str(applier_settings.partitions),
+        "APPLIER_HEARTBEAT_FILE": str(applier_settings.heartbeat_file),
+    }
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from orders_api.entrypoints.applier import main; main()"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_an_applier_killed_or_stopped_mid_stream_loses_and_doubles_nothing_once_restarted(
+    plain_settings: Settings,
+    applier_settings: ApplierSettings,
+    engine: sa.Engine,
+    rabbit: RabbitAdmin,
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(12)
+    orders = store_orders(engine, 3000, quantity=1000)
+    stories = [story_of(order, rng) for order in orders]
+    ids = [order.id for order in orders]
+    distinct = sum(len(story) for story in stories)
+    publish_reports(
+        plain_settings.rabbitmq_url,
+        applier_settings.queue_prefix,
+        PARTITIONS,
+        feed_of(stories, rng, repeats=0.2),
+    )
+    log = tmp_path / "applier.log"
+
+    first = _start_applier(plain_settings, applier_settings, log)
+    try:
+        wait_until(lambda: count_stored(engine, ids) >= 500, DRAIN_TIMEOUT_S, "the first batches")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+    stored_at_kill = count_stored(engine, ids)
+    assert stored_at_kill < distinct, "the applier finished before it could be killed mid-stream"
+
+    second = _start_applier(plain_settings, applier_settings, log)
+    try:
+        wait_until(lambda: count_stored(engine, ids) >= stored_at_kill + 500, DRAIN_TIMEOUT_S, "more batches")
+        second.send_signal(signal.SIGTERM)  # mid-stream too: the batch in hand commits and is acked
+        assert second.wait(timeout=20) == 0, log.read_text()
+    finally:
+        second.kill()
+    assert count_stored(engine, ids) < distinct, "the applier finished before it could be stopped mid-stream"
+
+    third = _start_applier(plain_settings, applier_settings, log)
+    try:
+        wait_until(lambda: count_stored(engine, ids) == distinct, DRAIN_TIMEOUT_S, "every report")
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(timeout=20) == 0, log.read_text()
+    finally:
+        third.kill()
+
+    assert stored_states(engine, ids) == {
+        order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
+    }
+    assert len(stored_exec_ids(engine, ids)) == distinct
+    wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
+    assert "applier stopped" in log.read_text()
+
+
+def test_a_batch_the_database_refuses_stays_unacked_and_is_applied_once_the_database_is_back(
+    database_url: str,
+    rabbitmq_url: str,
+    applier_settings: ApplierSettings,
+    engine: sa.Engine,
+    rabbit: RabbitAdmin,
+) -> None:
+    rng = random.Random(13)
+    orders = store_orders(engine, 20)
+    stories = [story_of(order, rng) for order in orders]
+    ids = [order.id for order in orders]
+    distinct = sum(len(story) for story in stories)
+    # Statements give up after 300 ms, so a locked table fails each try of the batch quickly.
+    impatient = Settings(database_url=database_url, rabbitmq_url=rabbitmq_url, statement_timeout_ms=300)
+    applier_engine = create_engine(impatient, pool_size=1, application_name="orders-test-applier")
+    applier = Applier(impatient, applier_settings, applier_engine)
+    thread = threading.Thread(target=applier.run)
+    blocker = engine.connect()
+    try:
+        blocker.execute(sa.text("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE"))
+        thread.start()
+        publish_reports(
+            rabbitmq_url, applier_settings.queue_prefix, PARTITIONS, feed_of(stories, rng, repeats=0.2)
+        )
+        wait_until(
+            lambda: (
+                sum(
+                    int(rabbit.queue(q.name).get("messages_unacknowledged", 0))
+                    for q in _queues(applier_settings)
+                )
+                > 0
+            ),
+            20.0,
+            "the applier to hold the reports unacked",
+        )
+        wait_until(
+            lambda: any(name.startswith("orders-applier ") for name in rabbit.connection_names()),
+            10.0,
+            "the applier's connection to show its name",
+        )
+        assert applier.applied == 0
+        blocker.rollback()  # the database is back
+        wait_until(lambda: count_stored(engine, ids) == distinct, DRAIN_TIMEOUT_S, "every report")
+    finally:
+        blocker.close()
+        applier.stop()
+        thread.join(timeout=10)
+        applier_engine.dispose()
+
+    assert stored_states(engine, ids) == {
+        order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
+    }
+    wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
+
+
+def _queues(settings: ApplierSettings) -> tuple[QueueDeclaration, ...]:
+    return execution_queue_declarations(settings.queue_prefix, settings.partitions)

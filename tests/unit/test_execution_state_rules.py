@@ -1,0 +1,160 @@
+"""How execution reports move an order's execution state: order-independent, forward only, exact."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orders_api.executions import (
+    ExecutionKind,
+    ExecutionReport,
+    ExecutionState,
+    ExecutionStatus,
+    MalformedReportError,
+    average_price,
+    parse_report,
+)
+
+ORDER = uuid.UUID("00000000-0000-4000-8000-000000000001")
+AT = datetime(2026, 12, 2, 11, 0, tzinfo=UTC)
+
+
+def report(seq: int, kind: ExecutionKind, quantity: int = 0, price: str | None = None) -> ExecutionReport:
+    return ExecutionReport(
+        exec_id=f"e-{seq}",
+        order_id=ORDER,
+        seq=seq,
+        kind=kind,
+        quantity=quantity,
+        price=None if price is None else Decimal(price),
+        reported_at=AT,
+    )
+
+
+#: An order of 10 accepted, filled in three parts at prices with 4 decimals.
+STORY = [
+    report(1, ExecutionKind.ACCEPTED),
+    report(2, ExecutionKind.PARTIAL_FILL, 3, "150.2501"),
+    report(3, ExecutionKind.PARTIAL_FILL, 3, "150.1000"),
+    report(4, ExecutionKind.FILL, 4, "0.0001"),
+]
+
+
+def test_a_straight_replay_adds_the_fills_exactly_and_ends_in_the_last_status() -> None:
+    state = ExecutionState().applied_all(STORY)
+
+    assert state == ExecutionState(
+        filled_quantity=10,
+        filled_notional=Decimal("3") * Decimal("150.2501") + Decimal("450.3000") + Decimal("0.0004"),
+        status=ExecutionStatus.FILLED,
+        seq=4,
+    )
+    assert state.filled_notional == Decimal("901.0507")
+
+
+@given(st.permutations(STORY))
+def test_any_arrival_order_gives_the_state_of_the_straight_replay(arrival: list[ExecutionReport]) -> None:
+    assert ExecutionState().applied_all(arrival) == ExecutionState().applied_all(STORY)
+
+
+def test_a_late_report_never_undoes_a_later_status() -> None:
+    filled = ExecutionState().applied(STORY[3])
+
+    late = filled.applied(STORY[0]).applied(STORY[1])
+
+    assert late.status is ExecutionStatus.FILLED
+    assert late.seq == 4
+    assert late.filled_quantity == 4 + 3
+
+
+def test_a_late_fill_still_counts_though_it_leaves_the_status_alone() -> None:
+    cancelled = ExecutionState().applied(report(3, ExecutionKind.CANCELLED))
+
+    state = cancelled.applied(report(2, ExecutionKind.PARTIAL_FILL, 5, "10.5"))
+
+    assert state == ExecutionState(5, Decimal("52.5"), ExecutionStatus.CANCELLED, 3)
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        (ExecutionKind.ACCEPTED, ExecutionStatus.ACCEPTED),
+        (ExecutionKind.PARTIAL_FILL, ExecutionStatus.PARTIALLY_FILLED),
+        (ExecutionKind.FILL, ExecutionStatus.FILLED),
+        (ExecutionKind.CANCELLED, ExecutionStatus.CANCELLED),
+        (ExecutionKind.REJECTED, ExecutionStatus.REJECTED),
+    ],
+)
+def test_each_kind_of_report_sets_its_status(kind: ExecutionKind, status: ExecutionStatus) -> None:
+    quantity, price = (1, "1") if kind.is_fill else (0, None)
+
+    assert ExecutionState().applied(report(1, kind, quantity, price)).status is status
+
+
+def test_the_average_price_rounds_half_even_to_four_places_and_is_none_before_a_fill() -> None:
+    assert average_price(0, Decimal(0)) is None
+    assert average_price(2, Decimal("0.0005")) == Decimal("0.0002")  # 0.00025: a tie, to even
+    assert average_price(2, Decimal("0.0003")) == Decimal("0.0002")  # 0.00015: a tie, to even
+    assert average_price(2, Decimal("0.00051")) == Decimal("0.0003")  # 0.000255: above the tie
+    assert average_price(3, Decimal("100")) == Decimal("33.3333")
+
+
+def _body(**changes: object) -> bytes:
+    fields: dict[str, object] = {
+        "feed_seq": 17,
+        "exec_id": "x-1",
+        "order_id": str(ORDER),
+        "seq": 2,
+        "kind": "partial_fill",
+        "quantity": 5,
+        "price": "150.2500",
+        "ts": "2026-12-02T11:00:00.123456+00:00",
+    }
+    fields.update(changes)
+    return json.dumps(fields).encode()
+
+
+def test_a_report_of_the_feed_is_read_exactly() -> None:
+    assert parse_report(_body()) == ExecutionReport(
+        exec_id="x-1",
+        order_id=ORDER,
+        seq=2,
+        kind=ExecutionKind.PARTIAL_FILL,
+        quantity=5,
+        price=Decimal("150.2500"),
+        reported_at=datetime(2026, 12, 2, 11, 0, 0, 123456, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[1]",
+        _body(exec_id=""),
+        _body(order_id="nope"),
+        _body(seq=0),
+        _body(seq="2"),
+        _body(seq=True),
+        _body(kind="filled"),
+        _body(quantity=0),
+        _body(price=None),
+        _body(price=150.25),
+        _body(price="-1"),
+        _body(price="1.00001"),
+        _body(price="NaN"),
+        _body(kind="accepted", quantity=0, price="1"),
+        _body(kind="cancelled", quantity=3, price=None),
+        _body(ts="2026-12-02T11:00:00"),
+        _body(ts="yesterday"),
+    ],
+)
+def test_a_report_breaking_the_contract_is_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedReportError):
+        parse_report(body)
