@@ -197,7 +197,8 @@ class Ingestor:
         received = 0
         gap_seen_at: float | None = None
         while True:
-            while self._sequencer.held >= self._settings.max_held:
+            # Backpressure, except behind a gap: only reading on can bring the missing report.
+            while self._sequencer.held >= self._settings.max_held and not self._sequencer.has_gap():
                 await asyncio.sleep(0.005)
             try:
                 frame = await asyncio.wait_for(connection.recv(), timeout=self._settings.gap_timeout_s)

@@ -287,21 +287,34 @@ def test_an_ingestor_killed_mid_stream_loses_nothing_after_a_restart(
         assert_in_order_per_order(bodies)
 
 
-def test_one_ingestor_takes_a_fast_feed_at_thousands_of_reports_per_second(
-    rabbitmq_url: str, engine: sa.Engine, queue_prefix: str
+def test_one_ingestor_process_takes_a_fast_feed_at_thousands_of_reports_per_second(
+    database_url: str, rabbitmq_url: str, engine: sa.Engine, queue_prefix: str
 ) -> None:
-    reports = make_reports(20_000)
+    """The ``orders-ingestor`` process alone (the feed runs in this one), timed once it has started."""
+    with engine.begin() as connection:
+        connection.execute(sa.text("DELETE FROM feed_cursors WHERE feed = :feed"), {"feed": EXCHANGE_FEED})
+    cursor = FeedCursor(engine)
+    reports = make_reports(25_000)
     with FeedServer(reports, Faults(frame_size=500)) as feed:
-        ingestor, _recording, cursor, publisher = make_ingestor(feed, rabbitmq_url, engine, queue_prefix, 8)
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "RABBITMQ_URL": rabbitmq_url,
+            "FEED_URL": feed.url,
+            "EXECUTION_QUEUE_PREFIX": queue_prefix,
+            "EXECUTION_PARTITIONS": "8",
+        }
+        ingestor = subprocess.Popen(
+            [str(Path(sys.executable).parent / "orders-ingestor")], env=env, stderr=subprocess.DEVNULL
+        )
         try:
-            publisher.wait_until_connected(5)
-            started = time.monotonic()
-            with running(ingestor):
-                wait_until(lambda: ingestor.watermark == len(reports), 120, "the whole feed to be confirmed")
-                elapsed = time.monotonic() - started
+            wait_until(lambda: cursor.load() > 0, 30, "the ingestor to make progress")
+            first, started = cursor.load(), time.monotonic()
+            wait_until(lambda: cursor.load() == len(reports), 120, "the whole feed to be confirmed")
+            elapsed = time.monotonic() - started
         finally:
-            publisher.close()
-    rate = len(reports) / elapsed
-    print(f"\ningested {len(reports)} reports in {elapsed:.2f} s: {rate:,.0f} reports/s")
-    assert rate > 3000
-    assert cursor.violations == []
+            ingestor.send_signal(signal.SIGTERM)
+            assert ingestor.wait(timeout=20) == 0
+    rate = (len(reports) - first) / elapsed
+    print(f"\ningested {len(reports) - first} reports in {elapsed:.2f} s: {rate:,.0f} reports/s")
+    assert rate > 5000
