@@ -164,6 +164,8 @@ def make_ingestor(
         queue_prefix=prefix,
         partitions=partitions,
         gap_timeout_s=0.3,
+        # Small, so that backpressure meets gaps in the feed.
+        max_held=100,
         backoff_cap_s=0.3,
         backoff_base_s=0.02,
     )
