@@ -154,6 +154,8 @@ class Ingestor:
         publisher = asyncio.create_task(self._publish(stop), name="publisher")
         stopped = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({reader, publisher, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        # A crashed task stops the whole process too (Kubernetes restarts it); the rest winds down.
+        stop.set()
         reader.cancel()
         self._something_ready.set()
         await asyncio.gather(reader, return_exceptions=True)
@@ -164,8 +166,8 @@ class Ingestor:
         await asyncio.to_thread(self._cursor.store, self._sequencer.watermark)
         logger.info("ingestor stopped at feed_seq %d", self.watermark, extra={"feed_seq": self.watermark})
         for task in done:
-            if task is not stopped and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            if task is not stopped and (error := task.exception()) is not None:
+                raise error
 
     # The reader --------------------------------------------------------------------------
 
