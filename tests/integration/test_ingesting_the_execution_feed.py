@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -290,9 +291,12 @@ def test_an_ingestor_killed_mid_stream_loses_nothing_after_a_restart(
 
 
 def test_one_ingestor_process_takes_a_fast_feed_at_thousands_of_reports_per_second(
-    database_url: str, rabbitmq_url: str, engine: sa.Engine, queue_prefix: str
+    database_url: str, rabbitmq_url: str, rabbit: RabbitAdmin, engine: sa.Engine, queue_prefix: str
 ) -> None:
-    """The ``orders-ingestor`` process alone (the feed runs in this one), timed once it has started."""
+    """The ``orders-ingestor`` process alone (the feed runs in this one), timed once it has started.
+
+    Its RabbitMQ connection says whose it is.
+    """
     with engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM feed_cursors WHERE feed = :feed"), {"feed": EXCHANGE_FEED})
     cursor = FeedCursor(engine)
@@ -314,6 +318,8 @@ def test_one_ingestor_process_takes_a_fast_feed_at_thousands_of_reports_per_seco
             first, started = cursor.load(), time.monotonic()
             wait_until(lambda: cursor.load() == len(reports), 120, "the whole feed to be confirmed")
             elapsed = time.monotonic() - started
+            name = f"orders-ingestor {socket.gethostname()} pid {ingestor.pid}"
+            wait_until(lambda: name in rabbit.connection_names(), 15, f"a connection named {name!r}")
         finally:
             ingestor.send_signal(signal.SIGTERM)
             assert ingestor.wait(timeout=20) == 0
