@@ -290,9 +290,18 @@ class Ingestor:
     # The saver ---------------------------------------------------------------------------
 
     async def _save_periodically(self) -> None:
+        """Store the resume point when it moved; while PostgreSQL fails, retry less and less often.
+
+        Ingesting goes on meanwhile: an older stored resume point only means more repeats after
+        a restart, which the applier drops.
+        """
         saved = self._sequencer.watermark
+        failures = 0
         while True:
-            await asyncio.sleep(self._settings.cursor_save_s)
+            await asyncio.sleep(
+                self._settings.cursor_save_s
+                + full_jitter_backoff(failures, base_s=0.0 if not failures else 0.5, cap_s=5.0)
+            )
             watermark = self._sequencer.watermark
             if watermark == saved:
                 continue
@@ -300,8 +309,9 @@ class Ingestor:
                 await asyncio.to_thread(self._cursor.store, watermark)
             except Exception:
                 logger.exception("storing the resume point failed; it will be stored later")
+                failures += 1
                 continue
-            saved = watermark
+            saved, failures = watermark, 0
 
 
 async def ingest(settings: Settings, ingestor_settings: IngestorSettings, stop: asyncio.Event) -> None:
