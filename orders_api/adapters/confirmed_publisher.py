@@ -388,7 +388,17 @@ class ConfirmedPublisher:
         connection = self._connection
         if channel is not None and connection is not None and channel.is_open:
             self._ready.clear()
-            connection.ioloop.add_callback(channel.close)
+            connection.ioloop.add_callback(partial(self._close_channel, channel))
+
+    @staticmethod
+    def _close_channel(channel: pika.channel.Channel) -> None:
+        """Close ``channel`` unless it is closing already.
+
+        A batch's several nacks each ask for it, and pika raises on closing a channel twice,
+        which crashed the I/O loop.
+        """
+        if channel.is_open:
+            channel.close()
 
     def _fail_unconfirmed(self, reason: str) -> None:
         unconfirmed, self._unconfirmed = self._unconfirmed, {}
