@@ -60,6 +60,7 @@ from orders_api.adapters.execution_queues import (
 )
 from orders_api.adapters.rabbitmq_nodes import connection_name, connection_parameters
 from orders_api.config import Settings
+from orders_api.entrypoints.heartbeat import heartbeat_is_fresh
 from orders_api.executions import ExecutionReport, MalformedReportError, parse_report
 from orders_api.logging_setup import configure_logging
 
@@ -230,15 +231,6 @@ def _parse_all(batch: Sequence[_Delivery]) -> list[ExecutionReport]:
                 extra={"error": str(error), "body": delivery.body.decode("utf-8", "replace")},
             )
     return reports
-
-
-def heartbeat_is_fresh(path: Path, max_age_s: float, *, now: float | None = None) -> bool:
-    """Whether the heartbeat file exists and was touched within ``max_age_s`` seconds."""
-    try:
-        touched = path.stat().st_mtime
-    except OSError:
-        return False
-    return (time.time() if now is None else now) - touched <= max_age_s
 
 
 def main(argv: Sequence[str] | None = None) -> None:

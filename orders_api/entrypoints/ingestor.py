@@ -23,10 +23,13 @@ fails), store the resume point, exit 0.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import os
 import signal
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +57,7 @@ from orders_api.adapters.feed_client import (
 )
 from orders_api.adapters.feed_cursor import FeedCursor
 from orders_api.config import Settings
+from orders_api.entrypoints.heartbeat import heartbeat_is_fresh
 from orders_api.logging_setup import configure_logging
 from orders_api.service_layer.ingest import FeedSequencer, Taken, full_jitter_backoff
 
@@ -61,8 +65,10 @@ logger = logging.getLogger(__name__)
 
 #: The feed's URL without ``from``; the simulator's default address.
 DEFAULT_FEED_URL = "ws://127.0.0.1:8765/executions"
-#: Seconds the heartbeat file may age before the liveness probe calls the process stuck.
+#: Seconds between two touches of the heartbeat file.
 HEARTBEAT_EVERY_S = 1.0
+#: Seconds the heartbeat file may age before ``--check`` calls the process stuck.
+DEFAULT_MAX_HEARTBEAT_AGE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,8 @@ class IngestorSettings:
     #: Reports held (received, not yet published) above which the reader stops reading: the
     #: feed's socket then fills up and the feed slows down, rather than this process's memory.
     max_held: int = 50_000
-    heartbeat_file: str | None = None
+    #: Touched about every second while the publisher loop runs; ``orders-ingestor --check`` reads it.
+    heartbeat_file: str = str(Path(tempfile.gettempdir()) / "orders-ingestor.heartbeat")
 
     @classmethod
     def from_env(cls) -> IngestorSettings:
@@ -101,7 +108,7 @@ class IngestorSettings:
             batch_size=int(env.get("INGEST_BATCH", defaults.batch_size)),
             batch_wait_s=float(env.get("INGEST_BATCH_WAIT_MS", defaults.batch_wait_s * 1000)) / 1000,
             cursor_save_s=float(env.get("INGEST_CURSOR_SAVE_MS", defaults.cursor_save_s * 1000)) / 1000,
-            heartbeat_file=env.get("INGESTOR_HEARTBEAT_FILE") or None,
+            heartbeat_file=env.get("INGESTOR_HEARTBEAT_FILE", defaults.heartbeat_file),
         )
 
 
@@ -282,7 +289,7 @@ class Ingestor:
     def _beat(self) -> None:
         path = self._settings.heartbeat_file
         now = time.monotonic()
-        if path is None or now - self._last_heartbeat < HEARTBEAT_EVERY_S:
+        if now - self._last_heartbeat < HEARTBEAT_EVERY_S:
             return
         self._last_heartbeat = now
         Path(path).touch()
@@ -331,8 +338,15 @@ async def ingest(settings: Settings, ingestor_settings: IngestorSettings, stop: 
         engine.dispose()
 
 
-def main() -> None:
-    """Console entry point: ingest until SIGTERM or SIGINT, then exit 0."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: ingest until SIGTERM or SIGINT, then exit 0; ``--check`` is the liveness probe."""
+    parser = argparse.ArgumentParser(prog="orders-ingestor", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="liveness probe: is the heartbeat fresh?")
+    parser.add_argument("--max-age", type=float, default=DEFAULT_MAX_HEARTBEAT_AGE_S)
+    arguments = parser.parse_args(argv)
+    if arguments.check:
+        fresh = heartbeat_is_fresh(Path(IngestorSettings.from_env().heartbeat_file), arguments.max_age)
+        sys.exit(0 if fresh else 1)
     configure_logging()
     logging.getLogger("pika").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orders_api.entrypoints.applier import ApplierSettings, heartbeat_is_fresh, main
+from orders_api.entrypoints.applier import ApplierSettings, main
+from orders_api.entrypoints.heartbeat import heartbeat_is_fresh
 
 
 def test_a_heartbeat_touched_within_the_bound_is_fresh_and_an_older_one_is_not(tmp_path: Path) -> None:
