@@ -1,0 +1,143 @@
+"""Stories into the log: adopt placed orders, then log their reports at the configured rate.
+
+The producer is the log's only writer. Each tick it polls for newly placed orders (every
+``poll_interval_s``), adopts them (an adoption line, which also moves the poll's cursor), and
+logs the next reports of the stories in progress, interleaved at random across orders but in
+seq order within each, at ``rate`` reports a second. Adoptions and reports of a tick go to disk
+in one fsynced batch before any client can see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg2
+
+from orders_api.exchange_feed.durable_log import DurableLog, adoption_line, report_line
+from orders_api.exchange_feed.placed_orders import PlacedOrders
+from orders_api.exchange_feed.stories import PlacedOrder, Step, story_random, tell_story
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two batches written to the log.
+TICK_S = 0.01
+#: Most reports in one batch, so that a backlog never holds the event loop for long.
+MAX_BATCH_REPORTS = 20_000
+
+
+@dataclass(frozen=True)
+class ProducerSettings:
+    """The producer's knobs; see ``orders-exchange-feed --help``."""
+
+    seed: int = 0
+    #: Reports a second logged at most; 0: as fast as the stories come.
+    rate: float = 0.0
+    #: ``None``: random stories; a number: the benchmark's accepted-then-N-fills stories.
+    fills_per_order: int | None = None
+    poll_interval_s: float = 0.1
+    #: Orders read per poll; also the most stories in progress before the next poll.
+    poll_limit: int = 1000
+
+
+class Producer:
+    """Turns placed orders into logged reports; ``on_logged`` wakes the clients after each batch."""
+
+    def __init__(
+        self,
+        feed_log: DurableLog,
+        placed_orders: PlacedOrders,
+        settings: ProducerSettings,
+        on_logged: Callable[[], None],
+    ) -> None:
+        self._log = feed_log
+        self._placed_orders = placed_orders
+        self._settings = settings
+        self._on_logged = on_logged
+        self._interleave = random.Random(settings.seed)
+        self._cursor = feed_log.recovery.cursor
+        self._in_progress: list[deque[Step]] = []
+        self._adoptions: list[str] = []
+        self._resume_stories()
+
+    def _resume_stories(self) -> None:
+        """Regenerate the stories a previous run adopted and did not finish; skip what it logged."""
+        recovery = self._log.recovery
+        for order_id, order in recovery.adopted.items():
+            rest = self._story(order)[recovery.told.get(order_id, 0) :]
+            if rest:
+                self._in_progress.append(deque(rest))
+        recovery.adopted.clear()
+        recovery.told.clear()
+
+    def _story(self, order: PlacedOrder) -> list[Step]:
+        return tell_story(order, story_random(self._settings.seed, order.id), self._settings.fills_per_order)
+
+    async def run(self) -> None:
+        """Poll and log until cancelled."""
+        settings = self._settings
+        next_poll = 0.0
+        last = time.monotonic()
+        allowance = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_poll and len(self._in_progress) < settings.poll_limit:
+                await self._poll()
+                next_poll = now + settings.poll_interval_s
+            if settings.rate > 0:
+                # A token bucket holding at most a tenth of a second's reports, empty while idle,
+                # so that the rate holds from the first report on.
+                refill = settings.rate * (now - last) if self._in_progress else 0.0
+                allowance = min(allowance + refill, max(settings.rate * 0.1, 1.0))
+                count = int(allowance)
+                allowance -= count
+            else:
+                count = MAX_BATCH_REPORTS
+            last = now
+            await self._log_batch(self._next_steps(min(count, MAX_BATCH_REPORTS)))
+            await asyncio.sleep(TICK_S)
+
+    async def _poll(self) -> None:
+        try:
+            found = await asyncio.to_thread(
+                self._placed_orders.after, self._cursor, self._settings.poll_limit
+            )
+        except psycopg2.Error as error:
+            log.warning("cannot read placed orders, trying again: %s", error)
+            return
+        for order, cursor in found:
+            self._adoptions.append(adoption_line(order, cursor))
+            self._in_progress.append(deque(self._story(order)))
+            self._cursor = cursor
+
+    def _next_steps(self, count: int) -> list[Step]:
+        """Up to ``count`` next reports, from stories picked at random, each story in seq order."""
+        steps: list[Step] = []
+        stories = self._in_progress
+        while stories and len(steps) < count:
+            index = self._interleave.randrange(len(stories))
+            story = stories[index]
+            steps.append(story.popleft())
+            if not story:
+                stories[index] = stories[-1]
+                stories.pop()
+        return steps
+
+    async def _log_batch(self, steps: list[Step]) -> None:
+        if not steps and not self._adoptions:
+            return
+        now = datetime.now(UTC)
+        first = self._log.last_feed_seq + 1
+        reports = [report_line(first + offset, step, now) for offset, step in enumerate(steps)]
+        lines = [*self._adoptions, *reports]
+        self._adoptions = []
+        await asyncio.to_thread(self._log.write, lines)
+        self._log.index(reports)
+        if reports:
+            self._on_logged()
