@@ -158,4 +158,6 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``orders-exchange-feed``; logs JSON lines like every process of the service."""
     configure_logging()
+    # websockets logs every connection and every health probe at INFO: noise at a probe's pace.
+    logging.getLogger("websockets").setLevel(logging.WARNING)
     asyncio.run(run(parse_args(argv)))

@@ -39,7 +39,7 @@ START = Cursor(datetime.fromisoformat("1970-01-01T00:00:00+00:00"), uuid.UUID(in
 class PlacedOrders:
     """Polls PostgreSQL for orders placed after a cursor, over one read-only connection."""
 
-    def __init__(self, database_url: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, database_url: str, connect_timeout_s: int = 5) -> None:
         self._database_url = database_url
         self._connect_timeout_s = connect_timeout_s
         self._connection: psycopg2.extensions.connection | None = None

@@ -112,10 +112,17 @@ class FeedServer:
         faults = ConnectionFaults(self._faults, rng)
         frames_left = faults.frames_before_drop()
         batch = self._settings.batch
+        closed = asyncio.ensure_future(connection.wait_closed())
         try:
             while True:
                 while self._log.last_feed_seq <= position:
-                    await self._tail.wait()
+                    # Wait for the client's going too, or an idle handler outlives its connection
+                    # (and holds up the server's shutdown, which waits for every handler).
+                    logged = asyncio.ensure_future(self._tail.wait())
+                    await asyncio.wait((logged, closed), return_when=asyncio.FIRST_COMPLETED)
+                    if closed.done():
+                        logged.cancel()
+                        return
                 end = min(self._log.last_feed_seq, position + CHUNK_REPORTS)
                 chunk = self._log.reports[position:end]
                 position = end
@@ -130,3 +137,5 @@ class FeedServer:
                             return
         except ConnectionClosed:
             return
+        finally:
+            closed.cancel()

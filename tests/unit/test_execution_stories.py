@@ -11,11 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orders_api.exchange_feed.faults import ConnectionFaults, FaultSettings
-from orders_api.exchange_feed.stories import PlacedOrder, Step, story_random, tell_story
+from orders_api.exchange_feed.stories import PlacedOrder, story_random, tell_story
+from tests.execution_stories import assert_follows_contract
 
 pytestmark = pytest.mark.unit
-
-TERMINAL = {"fill", "cancelled", "rejected"}
 
 orders = st.builds(
     PlacedOrder,
@@ -24,27 +23,11 @@ orders = st.builds(
     side=st.sampled_from(["buy", "sell"]),
     limit_price=st.decimals(min_value=Decimal("0.01"), max_value=Decimal("99999.99"), places=2),
     quantity=st.integers(min_value=1, max_value=10**9),
-).map(lambda order: order if order.type == "limit" else PlacedOrder(order.id, "market", order.side, None, order.quantity))
-
-
-def assert_follows_contract(order: PlacedOrder, story: list[Step]) -> None:
-    """The contract of one order's story, as the applier relies on it."""
-    assert [step.seq for step in story] == list(range(1, len(story) + 1))
-    assert story[0].kind in {"accepted", "rejected"}
-    assert story[-1].kind in TERMINAL
-    assert all(step.kind == "partial_fill" for step in story[1:-1])
-    fills = [step for step in story if step.kind in {"partial_fill", "fill"}]
-    assert all(step.quantity > 0 and step.price is not None and step.price > 0 for step in fills)
-    assert all(step.quantity == 0 and step.price is None for step in story if step not in fills)
-    filled = sum(step.quantity for step in fills)
-    assert filled == order.quantity if story[-1].kind == "fill" else filled < order.quantity
-    assert len({step.exec_id for step in story}) == len(story)
-    for step in fills:
-        assert step.price == step.price.quantize(Decimal("0.0001"))
-        if order.limit_price is not None and order.side == "buy":
-            assert step.price <= order.limit_price
-        if order.limit_price is not None and order.side == "sell":
-            assert step.price >= order.limit_price
+).map(
+    lambda order: (
+        order if order.type == "limit" else PlacedOrder(order.id, "market", order.side, None, order.quantity)
+    )
+)
 
 
 @given(order=orders, seed=st.integers(min_value=0, max_value=2**32))
@@ -53,7 +36,9 @@ def test_every_random_story_follows_the_contract(order: PlacedOrder, seed: int) 
 
 
 @given(order=orders, fills=st.integers(min_value=1, max_value=20))
-def test_bench_stories_are_accepted_then_filled_in_the_asked_number_of_fills(order: PlacedOrder, fills: int) -> None:
+def test_bench_stories_are_accepted_then_filled_in_the_asked_number_of_fills(
+    order: PlacedOrder, fills: int
+) -> None:
     story = tell_story(order, story_random(0, order.id), fills_per_order=fills)
     assert_follows_contract(order, story)
     assert [step.kind for step in story][0] == "accepted"
@@ -78,9 +63,13 @@ def test_a_clean_connection_sends_the_reports_as_they_are() -> None:
 
 
 def test_a_faulty_connection_repeats_and_reorders_but_loses_nothing() -> None:
-    faults = ConnectionFaults(FaultSettings(repeat_probability=0.2, reorder_probability=0.2), random.Random(3))
+    faults = ConnectionFaults(
+        FaultSettings(repeat_probability=0.2, reorder_probability=0.2), random.Random(3)
+    )
     reports = [str(n) for n in range(200)]
-    sent = faults.disorder(reports[:100], more_coming=True) + faults.disorder(reports[100:], more_coming=False)
+    sent = faults.disorder(reports[:100], more_coming=True) + faults.disorder(
+        reports[100:], more_coming=False
+    )
     assert set(sent) == set(reports)
     assert len(sent) > len(reports)
     assert any(int(later) < int(earlier) for earlier, later in zip(sent, sent[1:], strict=False))
