@@ -88,8 +88,9 @@ class Producer:
         while True:
             now = time.monotonic()
             if now >= next_poll and len(self._in_progress) < settings.poll_limit:
-                await self._poll()
-                next_poll = now + settings.poll_interval_s
+                # A full page means more are waiting: poll again next tick rather than next interval.
+                full = await self._poll() == settings.poll_limit
+                next_poll = now if full else now + settings.poll_interval_s
             if settings.rate > 0:
                 # A token bucket holding at most a tenth of a second's reports, empty while idle,
                 # so that the rate holds from the first report on.
@@ -103,18 +104,20 @@ class Producer:
             await self._log_batch(self._next_steps(min(count, MAX_BATCH_REPORTS)))
             await asyncio.sleep(TICK_S)
 
-    async def _poll(self) -> None:
+    async def _poll(self) -> int:
+        """Adopt the orders placed since the cursor; how many were found."""
         try:
             found = await asyncio.to_thread(
                 self._placed_orders.after, self._cursor, self._settings.poll_limit
             )
         except psycopg2.Error as error:
             log.warning("cannot read placed orders, trying again: %s", error)
-            return
+            return 0
         for order, cursor in found:
             self._adoptions.append(adoption_line(order, cursor))
             self._in_progress.append(deque(self._story(order)))
             self._cursor = cursor
+        return len(found)
 
     def _next_steps(self, count: int) -> list[Step]:
         """Up to ``count`` next reports, from stories picked at random, each story in seq order."""

@@ -228,7 +228,7 @@ def test_a_feed_killed_mid_story_finishes_each_story_once_after_a_restart(
 ) -> None:
     placed = place_orders(database_url, 40, random.Random(13))
     feed = start_feed("--clean", "--rate", "150", "--fills-per-order", "4")
-    before_kill = []
+    before_kill: list[Report] = []
     with connect(f"{feed.url}?from=0") as websocket:
         while len(before_kill) < 60:
             before_kill.extend(json.loads(websocket.recv(timeout=READ_TIMEOUT_S)))
@@ -248,7 +248,7 @@ def test_a_feed_killed_mid_story_finishes_each_story_once_after_a_restart(
 
 @dataclass
 class ResumingClient:
-    """What an ingestor does with a faulty feed: resume from the highest gapless position, dedup by exec_id."""
+    """An ingestor's way with a faulty feed: resume from the highest gapless position, dedup by exec_id."""
 
     url: str
     reports: dict[str, Report] = field(default_factory=dict)

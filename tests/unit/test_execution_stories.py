@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from decimal import Decimal
@@ -41,7 +42,7 @@ def test_bench_stories_are_accepted_then_filled_in_the_asked_number_of_fills(
 ) -> None:
     story = tell_story(order, story_random(0, order.id), fills_per_order=fills)
     assert_follows_contract(order, story)
-    assert [step.kind for step in story][0] == "accepted"
+    assert story[0].kind == "accepted"
     assert story[-1].kind == "fill"
     assert len(story) == 1 + min(fills, order.quantity)
 
@@ -72,4 +73,11 @@ def test_a_faulty_connection_repeats_and_reorders_but_loses_nothing() -> None:
     )
     assert set(sent) == set(reports)
     assert len(sent) > len(reports)
-    assert any(int(later) < int(earlier) for earlier, later in zip(sent, sent[1:], strict=False))
+    assert any(int(later) < int(earlier) for earlier, later in itertools.pairwise(sent))
+
+
+def test_a_report_held_back_to_be_swapped_is_sent_when_nothing_else_is_coming() -> None:
+    faults = ConnectionFaults(FaultSettings(reorder_probability=1.0), random.Random(0))
+    assert faults.disorder(["1", "2", "3"], more_coming=True) == ["2", "1"]
+    assert faults.disorder(["4"], more_coming=False) == ["4", "3"]
+    assert faults.disorder(["5"], more_coming=False) == ["5"]
