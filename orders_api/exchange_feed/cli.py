@@ -69,6 +69,12 @@ def parse_args(
     parser.add_argument("--poll-interval", type=float, default=float(env.get("FEED_POLL_INTERVAL_S", "0.1")))
     parser.add_argument("--poll-limit", type=int, default=int(env.get("FEED_POLL_LIMIT", "1000")))
     parser.add_argument(
+        "--late-commit-window",
+        type=float,
+        default=float(env.get("FEED_LATE_COMMIT_WINDOW_S", "10")),
+        help="seconds behind the poll's cursor swept for orders committed late; 0: no sweep",
+    )
+    parser.add_argument(
         "--repeat-probability",
         type=float,
         default=float(env.get("FEED_REPEAT_PROBABILITY", DEFAULT_REPEAT_PROBABILITY)),
@@ -123,6 +129,7 @@ async def run(args: argparse.Namespace) -> None:
             fills_per_order=args.fills_per_order,
             poll_interval_s=args.poll_interval,
             poll_limit=args.poll_limit,
+            late_commit_window_s=args.late_commit_window,
         ),
         tail.notify,
     )

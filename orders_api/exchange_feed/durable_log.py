@@ -70,12 +70,14 @@ def report_line(feed_seq: int, step: Step, reported_at: datetime) -> str:
 class Recovery:
     """What a restarted feed must pick up: where to poll from, and the stories not yet told to the end.
 
-    ``told`` maps each adopted order to the highest seq already logged for it (0: none yet).
+    ``told`` maps each adopted order to the highest seq already logged for it (0: none yet);
+    ``placed_at`` holds when each adopted order was placed, for the late-commit sweep.
     """
 
     cursor: Cursor = START
     adopted: dict[uuid.UUID, PlacedOrder] = field(default_factory=dict)
     told: dict[uuid.UUID, int] = field(default_factory=dict)
+    placed_at: dict[uuid.UUID, datetime] = field(default_factory=dict)
 
 
 class DurableLog:
@@ -138,7 +140,14 @@ class DurableLog:
                 )
                 recovery.adopted[order.id] = order
                 recovery.told[order.id] = 0
-                recovery.cursor = Cursor(datetime.fromisoformat(adopted["placed_at"]), order.id)
+                placed = Cursor(datetime.fromisoformat(adopted["placed_at"]), order.id)
+                recovery.placed_at[order.id] = placed.placed_at
+                # A late commit's adoption sits behind the cursor: it never moves it back.
+                if (placed.placed_at, placed.order_id) > (
+                    recovery.cursor.placed_at,
+                    recovery.cursor.order_id,
+                ):
+                    recovery.cursor = placed
                 continue
             if record["feed_seq"] != len(self.reports) + 1:
                 raise ValueError(f"{self.path}: feed_seq {record['feed_seq']} out of sequence")

@@ -3,13 +3,18 @@
 A real exchange knows its orders because they were sent to it. Reading our ``orders`` table
 (read-only, the orders the stand-in placed) is the simulator's shortcut to the same knowledge,
 without changing :mod:`orders_api.stock_exchange`, whose behaviour is a contract.
+
+A ``(placed_at, id)`` cursor alone would miss orders: a worker stamps ``placed_at`` from its own
+clock before its COMMIT, so a slow transaction (or a worker whose clock lags) commits an order
+behind a cursor that has already moved past it. :meth:`PlacedOrders.behind` re-reads a window
+behind the cursor for such late commits; the producer adopts those it has not seen.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import psycopg2
@@ -23,10 +28,19 @@ _NEXT_PLACED = """
     ORDER BY placed_at, id LIMIT %s
 """
 
+_LATE_COMMITS = """
+    SELECT id, type, side, limit_price, quantity, placed_at FROM orders
+    WHERE status = 'placed' AND placed_at > %s AND (placed_at, id) <= (%s, %s::uuid)
+    ORDER BY placed_at, id
+"""
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, order=True)
 class Cursor:
-    """Where the last adopted order sits in ``(placed_at, id)`` order; the next poll starts after it."""
+    """Where the last adopted order sits in ``(placed_at, id)`` order, as cursors compare.
+
+    The next poll starts after it.
+    """
 
     placed_at: datetime
     order_id: uuid.UUID
@@ -49,10 +63,17 @@ class PlacedOrders:
 
         A lost connection is dropped, so that the next poll reconnects; the error goes up.
         """
+        return self._read(_NEXT_PLACED, (cursor.placed_at, str(cursor.order_id), limit))
+
+    def behind(self, cursor: Cursor, window: timedelta) -> list[tuple[PlacedOrder, Cursor]]:
+        """The orders placed within ``window`` before ``cursor``, up to it: where late commits land."""
+        return self._read(_LATE_COMMITS, (cursor.placed_at - window, cursor.placed_at, str(cursor.order_id)))
+
+    def _read(self, query: str, parameters: tuple[object, ...]) -> list[tuple[PlacedOrder, Cursor]]:
         connection = self._connect()
         try:
             with connection.cursor() as rows:
-                rows.execute(_NEXT_PLACED, (cursor.placed_at, str(cursor.order_id), limit))
+                rows.execute(query, parameters)
                 found = rows.fetchall()
         except psycopg2.Error:
             self.close()

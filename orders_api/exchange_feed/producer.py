@@ -4,7 +4,8 @@ The producer is the log's only writer. Each tick it polls for newly placed order
 ``poll_interval_s``), adopts them (an adoption line, which also moves the poll's cursor), and
 logs the next reports of the stories in progress, interleaved at random across orders but in
 seq order within each, at ``rate`` reports a second. Adoptions and reports of a tick go to disk
-in one fsynced batch before any client can see them.
+in one fsynced batch before any client can see them. Every ``SWEEP_INTERVAL_S`` it also looks
+behind its cursor for orders committed late (:mod:`.placed_orders`) and adopts those it missed.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
 from orders_api.exchange_feed.durable_log import DurableLog, adoption_line, report_line
-from orders_api.exchange_feed.placed_orders import PlacedOrders
+from orders_api.exchange_feed.placed_orders import Cursor, PlacedOrders
 from orders_api.exchange_feed.stories import PlacedOrder, Step, story_random, tell_story
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.01
 #: Most reports in one batch, so that a backlog never holds the event loop for long.
 MAX_BATCH_REPORTS = 20_000
+#: Seconds between two sweeps for late commits.
+SWEEP_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class ProducerSettings:
     poll_interval_s: float = 0.1
     #: Orders read per poll; also the most stories in progress before the next poll.
     poll_limit: int = 1000
+    #: Seconds behind the cursor in which a late commit is still found: above the longest
+    #: placement transaction plus the workers' clock skew; 0 turns the sweep off.
+    late_commit_window_s: float = 10.0
 
 
 class Producer:
@@ -64,7 +71,11 @@ class Producer:
         self._cursor = feed_log.recovery.cursor
         self._in_progress: list[deque[Step]] = []
         self._adoptions: list[str] = []
+        #: When each order adopted within the late-commit window was placed: the sweep skips them.
+        self._recent: dict[uuid.UUID, datetime] = dict(feed_log.recovery.placed_at)
+        self._window = timedelta(seconds=settings.late_commit_window_s)
         self._resume_stories()
+        self._forget_old()
 
     def _resume_stories(self) -> None:
         """Regenerate the stories a previous run adopted and did not finish; skip what it logged."""
@@ -75,6 +86,7 @@ class Producer:
                 self._in_progress.append(deque(rest))
         recovery.adopted.clear()
         recovery.told.clear()
+        recovery.placed_at.clear()
 
     def _story(self, order: PlacedOrder) -> list[Step]:
         return tell_story(order, story_random(self._settings.seed, order.id), self._settings.fills_per_order)
@@ -83,6 +95,7 @@ class Producer:
         """Poll and log until cancelled."""
         settings = self._settings
         next_poll = 0.0
+        next_sweep = 0.0
         last = time.monotonic()
         allowance = 0.0
         while True:
@@ -91,6 +104,9 @@ class Producer:
                 # A full page means more are waiting: poll again next tick rather than next interval.
                 full = await self._poll() == settings.poll_limit
                 next_poll = now if full else now + settings.poll_interval_s
+            if settings.late_commit_window_s > 0 and now >= next_sweep:
+                await self._sweep()
+                next_sweep = now + SWEEP_INTERVAL_S
             if settings.rate > 0:
                 # A token bucket holding at most a tenth of a second's reports, empty while idle,
                 # so that the rate holds from the first report on.
@@ -114,10 +130,33 @@ class Producer:
             log.warning("cannot read placed orders, trying again: %s", error)
             return 0
         for order, cursor in found:
-            self._adoptions.append(adoption_line(order, cursor))
-            self._in_progress.append(deque(self._story(order)))
+            self._adopt(order, cursor)
             self._cursor = cursor
         return len(found)
+
+    async def _sweep(self) -> None:
+        """Adopt the orders committed behind the cursor, within the window, that were not adopted."""
+        try:
+            found = await asyncio.to_thread(self._placed_orders.behind, self._cursor, self._window)
+        except psycopg2.Error as error:
+            log.warning("cannot look for late commits, trying again: %s", error)
+            return
+        for order, placed in found:
+            if order.id not in self._recent:
+                log.info("adopting order %s, committed behind the cursor", order.id)
+                self._adopt(order, placed)
+        self._forget_old()
+
+    def _adopt(self, order: PlacedOrder, placed: Cursor) -> None:
+        self._adoptions.append(adoption_line(order, placed))
+        self._in_progress.append(deque(self._story(order)))
+        if self._settings.late_commit_window_s > 0:
+            self._recent[order.id] = placed.placed_at
+
+    def _forget_old(self) -> None:
+        """Drop the adoptions the window has left behind: no sweep will see them again."""
+        horizon = self._cursor.placed_at - self._window
+        self._recent = {order_id: at for order_id, at in self._recent.items() if at > horizon}
 
     def _next_steps(self, count: int) -> list[Step]:
         """Up to ``count`` next reports, from stories picked at random, each story in seq order."""

@@ -119,7 +119,11 @@ def start_feed(database_url: str, tmp_path: Path) -> Iterator[StartFeed]:
 
 
 def place_orders(
-    database_url: str, count: int, rng: random.Random, status: str = "placed"
+    database_url: str,
+    count: int,
+    rng: random.Random,
+    status: str = "placed",
+    placed_seconds_ago: float = 0,
 ) -> dict[uuid.UUID, PlacedOrder]:
     """Insert ``count`` orders of every type and side, as the stand-in leaves them once placed."""
     orders: dict[uuid.UUID, PlacedOrder] = {}
@@ -137,9 +141,9 @@ def place_orders(
                 "INSERT INTO orders (id, created_at, type, side, instrument, limit_price, quantity, status,"
                 " placed_at, attempts, abandoned_claims)"
                 " VALUES (%s, now(), %s, %s, 'GB0002634946', %s, %s, %s,"
-                " CASE WHEN %s = 'placed' THEN now() END, 1, 0)",
+                " CASE WHEN %s = 'placed' THEN now() - make_interval(secs => %s) END, 1, 0)",
                 [
-                    (str(o.id), o.type, o.side, o.limit_price, o.quantity, status, status)
+                    (str(o.id), o.type, o.side, o.limit_price, o.quantity, status, status, placed_seconds_ago)
                     for o in orders.values()
                 ],
             )
@@ -342,3 +346,24 @@ def test_the_feed_answers_its_liveness_probe_and_refuses_what_is_not_a_position(
     assert requests.get(f"{base}/executions?from=-1", timeout=5).status_code == 400
     assert requests.get(f"{base}/executions?from=x", timeout=5).status_code == 400
     assert requests.get(f"{base}/elsewhere", timeout=5).status_code == 404
+
+
+def test_an_order_committed_behind_the_cursor_is_still_reported_once(
+    start_feed: StartFeed, database_url: str
+) -> None:
+    """A worker stamps placed_at before its COMMIT, so an order can commit after the poll's
+    cursor has passed its placed_at; the sweep behind the cursor must still find it."""
+    ahead = place_orders(database_url, 5, random.Random(16))
+    feed = start_feed("--clean", "--rate", "0")
+    read_until_quiet(feed.url, 0, lambda received: complete(received, ahead))
+    late = place_orders(database_url, 3, random.Random(17), placed_seconds_ago=3)
+
+    reports = read_until_quiet(feed.url, 0, lambda received: complete(received, [*ahead, *late]))
+    feed.stop()
+    restarted = start_feed("--clean", "--rate", "0", state_dir=feed.state_dir)
+    time.sleep(1.5)  # a sweep of the restarted feed, which must not adopt the late orders again
+
+    assert read_until_quiet(restarted.url, 0) == reports
+    assert len({r["exec_id"] for r in reports}) == len(reports)
+    for order_id, story in stories_of(reports, late).items():
+        assert_follows_contract(late[order_id], [step_of(report) for report in story])
