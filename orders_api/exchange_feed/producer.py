@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.01
 #: Most reports in one batch, so that a backlog never holds the event loop for long.
 MAX_BATCH_REPORTS = 20_000
+#: Most seconds between two polls while PostgreSQL cannot be read.
+MAX_POLL_BACKOFF_S = 5.0
 #: Seconds between two sweeps for late commits.
 SWEEP_INTERVAL_S = 1.0
 
@@ -71,6 +73,7 @@ class Producer:
         self._cursor = feed_log.recovery.cursor
         self._in_progress: list[deque[Step]] = []
         self._adoptions: list[str] = []
+        self._poll_failures = 0
         #: When each order adopted within the late-commit window was placed: the sweep skips them.
         self._recent: dict[uuid.UUID, datetime] = dict(feed_log.recovery.placed_at)
         self._window = timedelta(seconds=settings.late_commit_window_s)
@@ -103,7 +106,10 @@ class Producer:
             if now >= next_poll and len(self._in_progress) < settings.poll_limit:
                 # A full page means more are waiting: poll again next tick rather than next interval.
                 full = await self._poll() == settings.poll_limit
-                next_poll = now if full else now + settings.poll_interval_s
+                # While PostgreSQL is away, back off (to MAX_POLL_BACKOFF_S) instead of logging
+                # a warning every interval.
+                wait = min(settings.poll_interval_s * 2**self._poll_failures, MAX_POLL_BACKOFF_S)
+                next_poll = now if full else now + wait
             if settings.late_commit_window_s > 0 and now >= next_sweep:
                 await self._sweep()
                 next_sweep = now + SWEEP_INTERVAL_S
@@ -127,8 +133,10 @@ class Producer:
                 self._placed_orders.after, self._cursor, self._settings.poll_limit
             )
         except psycopg2.Error as error:
+            self._poll_failures += 1
             log.warning("cannot read placed orders, trying again: %s", error)
             return 0
+        self._poll_failures = 0
         for order, cursor in found:
             self._adopt(order, cursor)
             self._cursor = cursor
