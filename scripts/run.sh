@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Run the API (gunicorn), the workers (dramatiq) and the reconciliation sweep (every 60 s) in the
-# foreground, under scripts/supervise.py: a process that dies is restarted, with a log line, after
-# 1 s, doubling up to 30 s while it keeps dying. Only Ctrl-C, SIGTERM (to this script's pid, which
-# becomes the supervisor's) or a closed terminal (SIGHUP) stops all three. (In Kubernetes the
-# kubelet restarts what dies, and the sweep is a CronJob running one pass.)
+# Run the API (gunicorn), the workers (dramatiq), the reconciliation sweep (every 60 s) and the
+# execution feed (simulator, ingestor, applier) in the foreground, under scripts/supervise.py: a
+# process that dies is restarted, with a log line, after 1 s, doubling up to 30 s while it keeps
+# dying. Only Ctrl-C, SIGTERM (to this script's pid, which becomes the supervisor's) or a closed
+# terminal (SIGHUP) stops them all. (In Kubernetes the kubelet restarts what dies, and the sweep
+# is a CronJob running one pass.)
 #
 # Each child runs in a session of its own, so a terminal's Ctrl-C reaches only the supervisor,
 # which then sends each child exactly one SIGTERM (Dramatiq takes a second signal as "kill
@@ -22,9 +23,19 @@ api_metrics="PROMETHEUS_MULTIPROC_DIR=${metrics_dir@Q}/api"
 worker_metrics="dramatiq_prom_db=${metrics_dir@Q}/workers PROMETHEUS_MULTIPROC_DIR=${metrics_dir@Q}/workers"
 worker_metrics+=" dramatiq_prom_host=${dramatiq_prom_host:-127.0.0.1}"
 
-echo "orders: API on http://127.0.0.1:${PORT:-8000}, workers and reconciliation;" \
-  "a process that dies is restarted; Ctrl-C stops all three"
+# The exchange's execution feed: its simulator (a stand-in, like orders_api/stock_exchange.py),
+# the ingestor that follows it into RabbitMQ, and the applier that writes the fills. The
+# simulator's durable log lives beside the checkout, not in the temporary directory: the
+# ingestor's resume point is in PostgreSQL, which outlives a reboot, and must find the log it
+# points into.
+feed_state="FEED_STATE_DIR=${FEED_STATE_DIR:-.state/exchange-feed}"
+
+echo "orders: API on http://127.0.0.1:${PORT:-8000}, workers, reconciliation and the execution feed" \
+  "(simulator, ingestor, applier); a process that dies is restarted; Ctrl-C stops them all"
 exec "$bin/python" "$(dirname "$0")/supervise.py" \
   api "env $api_metrics $q/gunicorn --config python:orders_api.entrypoints.gunicorn_config orders_api.wsgi:app" \
   workers "env $worker_metrics $q/orders-workers" \
-  reconciliation "$q/flask --app orders_api.wsgi reconcile --every 60"
+  reconciliation "$q/flask --app orders_api.wsgi reconcile --every 60" \
+  exchange-feed "env $feed_state $q/orders-exchange-feed" \
+  ingestor "$q/orders-ingestor" \
+  applier "$q/orders-applier"

@@ -42,6 +42,8 @@ START_DEADLINE_S = 60.0
 RESTART_DEADLINE_S = 45.0
 #: Seconds the whole stack may take to stop after SIGTERM: nothing is in flight by then.
 STOP_DEADLINE_S = 30.0
+#: Seconds from an order's placement to the end of its story on the exchange's feed, applied.
+EXECUTION_DEADLINE_S = 20.0
 #: Seconds one request may take.
 REQUEST_TIMEOUT_S = 5.0
 POLL_INTERVAL_S = 0.1
@@ -129,6 +131,19 @@ class Stack:
             self.wait_for(placed, f"order {order_id} placed", deadline_s)
         return order_id
 
+    def order_executed(self, order_id: str, deadline_s: float) -> dict[str, object]:
+        """GET the order until the exchange's feed has brought it to the end of its story; the order."""
+        final = {"filled", "cancelled", "rejected"}
+        with requests.Session() as session:
+
+            def executed() -> dict[str, object] | None:
+                order: dict[str, object] = session.get(
+                    f"{self.base_url}/orders/{order_id}", timeout=REQUEST_TIMEOUT_S
+                ).json()
+                return order if order.get("execution_status") in final else None
+
+            return self.wait_for(executed, f"order {order_id}'s executions", deadline_s)
+
     def _post(self, session: requests.Session) -> str | None:
         try:
             response = session.post(
@@ -173,6 +188,7 @@ def make_run(settings: Settings, log: Path) -> Iterator[Stack]:
     Whatever still runs at the end, the supervisor or any process seen under it, is SIGKILLed.
     """
     port = free_port()
+    feed_port = free_port()
     env = service_environment(settings, OPTIONS)
     env.update(
         VENV=str(BIN.parent),
@@ -186,6 +202,10 @@ def make_run(settings: Settings, log: Path) -> Iterator[Stack]:
         dramatiq_prom_port=str(free_port()),
         # run.sh puts the metrics directories there: the test's own folder, removed with it.
         TMPDIR=str(log.parent),
+        # The execution feed's simulator on a port and in a folder of this test's own.
+        FEED_PORT=str(feed_port),
+        FEED_URL=f"ws://127.0.0.1:{feed_port}/executions",
+        FEED_STATE_DIR=str(log.parent / "exchange-feed"),
     )
     with log.open("wb") as output:
         supervisor = subprocess.Popen(
@@ -210,11 +230,14 @@ def make_run(settings: Settings, log: Path) -> Iterator[Stack]:
                     os.kill(pid, signal.SIGKILL)
 
 
-def test_make_run_restarts_a_killed_worker_pool_and_gunicorn_master_and_stops_whole_on_sigterm(
+def test_make_run_executes_orders_restarts_a_killed_worker_pool_and_gunicorn_master_and_stops_on_sigterm(
     settings: Settings, tmp_path: Path
 ) -> None:
     with make_run(settings, tmp_path / "make-run.log") as stack:
-        stack.order_placed(START_DEADLINE_S)
+        first = stack.order_placed(START_DEADLINE_S)
+        # The exchange's feed, its ingestor and the applier run too: the order's story shows up.
+        executed = stack.order_executed(first, EXECUTION_DEADLINE_S)
+        assert executed["executions"], executed
 
         # (a) One dramatiq worker process dies; the CLI stops the other and exits; the pool restarts.
         cli = stack.child("dramatiq", START_DEADLINE_S)
@@ -291,4 +314,7 @@ def test_make_run_restarts_a_killed_worker_pool_and_gunicorn_master_and_stops_wh
     assert exit_status == 143, log
     assert not left, f"still running after run.sh exited: {[_command_line(pid) for pid in left]}"
     assert DRAMATIQ_KILLING_LINE not in log, "a dramatiq worker process got a second SIGTERM"
-    assert "SIGTERM received: stopping api, workers, reconciliation (one SIGTERM each)" in log
+    assert (
+        "SIGTERM received: stopping api, workers, reconciliation, exchange-feed, ingestor, applier"
+        " (one SIGTERM each)" in log
+    )
