@@ -39,9 +39,12 @@ FROM python:3.11.13-slim-bookworm
 # A fixed numeric uid (the contract's 10001) so Kubernetes' `runAsNonRoot` can verify it without
 # reading /etc/passwd. The passwd entry still exists because libpq looks the user up when a URL
 # names none. `-l`: no lastlog/faillog entry, which for a high uid is a sparse file of gigabytes.
+# /var/lib/exchange-feed: where the feed simulator keeps its durable log in Compose, on a named
+# volume, which takes this directory's owner when it is first mounted.
 RUN groupadd --system --gid 10001 orders \
     && useradd --system --no-log-init --uid 10001 --gid orders \
-       --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin orders
+       --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin orders \
+    && install --directory --owner orders --group orders /var/lib/exchange-feed
 
 # The venv stays owned by root: the service cannot rewrite its own code. The only writable path
 # it needs is /tmp (workers' heartbeat files, gunicorn's worker files, Prometheus' multiprocess
