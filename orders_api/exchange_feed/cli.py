@@ -59,7 +59,7 @@ def parse_args(
     parser.add_argument(
         "--batch", type=int, default=int(env.get("FEED_BATCH", "1")), help="reports per frame (FEED_BATCH)"
     )
-    fills = env.get("FEED_FILLS_PER_ORDER")
+    fills = env.get("FEED_FILLS_PER_ORDER", "")  # unset: stories of random shapes
     parser.add_argument(
         "--fills-per-order",
         type=int,
