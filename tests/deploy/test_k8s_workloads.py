@@ -12,6 +12,7 @@ import importlib.util
 import os
 import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from tests.deploy.k8s_manifests import (
     literal_env,
     load_manifests,
     of_kind,
+    reads_in,
     workloads,
 )
 from workers.serve import worker_command
@@ -230,6 +232,29 @@ def test_the_code_reads_its_settings_where_the_scan_looks() -> None:
         "GRACEFUL_TIMEOUT_S",
         "WORKER_LIVENESS_FILE",
     } <= names
+
+
+@pytest.mark.parametrize(
+    ("source", "has_default"),
+    [
+        ("def f(env):\n    value = env.get('X')\n    return value if value else 'd'\n", True),
+        ("def f(env):\n    value = env.get('X')\n    if value is None:\n        value = 'd'\n", True),
+        ("def f(env):\n    return env.get('X') or 'd'\n", True),
+        ("def f(env):\n    value = env.get('X')\n    return int(value)\n", False),
+        ("def f(env):\n    return env['X']\n", False),
+    ],
+    ids=["tested-by-ifexp", "tested-by-if", "or-default", "used-unchecked", "subscript"],
+)
+def test_the_scan_counts_a_read_tested_before_use_as_having_a_default(
+    source: str, has_default: bool, tmp_path: Path
+) -> None:
+    """Catches the scan calling `x = env.get(N)`, `x if x else d` required, or missing a real requirement."""
+    module = tmp_path / "module.py"
+    module.write_text(source, encoding="utf-8")
+
+    (read,) = reads_in(module, root=tmp_path)
+
+    assert (read.name, read.has_default) == ("X", has_default)
 
 
 def test_every_variable_the_code_reads_without_a_default_is_set() -> None:
