@@ -59,6 +59,18 @@ KUBERNETES_VERSION = "1.33"
 NAMESPACE = "orders"
 #: Manifests kept out of the kustomize base on purpose (see their opening comments).
 OUTSIDE_KUSTOMIZATION = frozenset({"secret.example.yaml", "migrate-job.yaml"})
+#: Deployments that run a fixed number of replicas on purpose rather than under an autoscaler,
+#: with the count and the reason; every other Deployment must be autoscaled.
+FIXED_REPLICAS: dict[str, tuple[int, str]] = {
+    "orders-ingestor": (
+        1,
+        "a second ingestor would publish every report twice (the applier drops repeats: wasted work)",
+    ),
+    "orders-applier": (
+        2,
+        "each partition queue has one active consumer: a second pod is a hot standby, more add nothing",
+    ),
+}
 #: Kinds without a namespace.
 CLUSTER_SCOPED_KINDS = frozenset({"Namespace"})
 

@@ -15,6 +15,7 @@ import yaml
 
 from tests.deploy.k8s_manifests import (
     CLUSTER_SCOPED_KINDS,
+    FIXED_REPLICAS,
     K8S_DIR,
     NAMESPACE,
     OUTSIDE_KUSTOMIZATION,
@@ -256,11 +257,24 @@ def test_autoscaled_deployments_leave_replicas_to_the_autoscaler() -> None:
     assert autoscaled and not autoscaled & set(fixed)
 
 
-def test_every_deployment_is_autoscaled() -> None:
+def test_every_deployment_is_autoscaled_or_fixed_on_purpose() -> None:
     """Catches a Deployment left at one replica because its autoscaler was forgotten."""
     autoscaled = {target["name"] for _, target in _autoscaled_targets()}
+    names = {deployment.name for deployment in DEPLOYMENTS}
 
-    assert {deployment.name for deployment in DEPLOYMENTS} <= autoscaled
+    assert names - set(FIXED_REPLICAS) <= autoscaled
+    assert set(FIXED_REPLICAS) <= names, "FIXED_REPLICAS names a Deployment that does not exist"
+
+
+@pytest.mark.parametrize("name", sorted(FIXED_REPLICAS))
+def test_a_deployment_fixed_on_purpose_runs_its_count_and_no_autoscaler(name: str) -> None:
+    """Catches an autoscaler added to the ingestor (reports published twice) or a replica count drifting."""
+    autoscaled = {target["name"] for _, target in _autoscaled_targets()}
+    (deployment,) = [deployment for deployment in DEPLOYMENTS if deployment.name == name]
+    replicas, reason = FIXED_REPLICAS[name]
+
+    assert name not in autoscaled, reason
+    assert deployment.spec.get("replicas") == replicas, reason
 
 
 def test_the_scaled_object_authenticates_with_an_existing_trigger_authentication() -> None:
