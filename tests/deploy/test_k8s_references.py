@@ -195,13 +195,16 @@ def test_the_api_takes_requests_from_other_namespaces_on_its_services_port() -> 
         (BROKER_PODS, 15672),
         (BROKER_PODS, 25672),
         (_workload("orders-workers").labels, 9191),
+        # The feed's processes listen on nothing; the default deny must keep any port shut.
+        (_workload("orders-ingestor").labels, 8000),
+        (_workload("orders-applier").labels, 8000),
     ],
     ids=str,
 )
-def test_nothing_outside_the_service_reaches_the_database_the_broker_or_the_workers(
+def test_nothing_outside_the_service_reaches_the_database_the_broker_or_the_services_pods(
     target: dict[str, str], port: int
 ) -> None:
-    """Catches a policy that opens PostgreSQL, RabbitMQ or the workers to any pod of the cluster."""
+    """Catches a policy opening PostgreSQL, RabbitMQ, the workers or the feed's pods to the cluster."""
     assert not ingress_allowed(MANIFESTS, to=target, port=port, source={}, source_namespace="elsewhere")
     assert not ingress_allowed(MANIFESTS, to=target, port=port, source={"app": "intruder"})
 
