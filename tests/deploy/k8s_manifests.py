@@ -59,6 +59,18 @@ KUBERNETES_VERSION = "1.33"
 NAMESPACE = "orders"
 #: Manifests kept out of the kustomize base on purpose (see their opening comments).
 OUTSIDE_KUSTOMIZATION = frozenset({"secret.example.yaml", "migrate-job.yaml"})
+#: Deployments that run a fixed number of replicas on purpose rather than under an autoscaler,
+#: with the count and the reason; every other Deployment must be autoscaled.
+FIXED_REPLICAS: dict[str, tuple[int, str]] = {
+    "orders-ingestor": (
+        1,
+        "a second ingestor would publish every report twice (the applier drops repeats: wasted work)",
+    ),
+    "orders-applier": (
+        2,
+        "each partition queue has one active consumer: a second pod is a hot standby, more add nothing",
+    ),
+}
 #: Kinds without a namespace.
 CLUSTER_SCOPED_KINDS = frozenset({"Namespace"})
 
@@ -304,11 +316,48 @@ def _name_of(node: ast.expr, constants: Mapping[str, str]) -> str | None:
     return None
 
 
-def _reads_in(path: Path) -> Iterator[EnvRead]:
+def _is_test_of(test: ast.expr, name: str) -> bool:
+    """``name``, ``not name``, ``name is None`` or ``name is not None``: a test of whether it was set."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        test = test.operand
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.Is, ast.IsNot)):
+        test = test.left
+    return isinstance(test, ast.Name) and test.id == name
+
+
+def _checked_before_use(node: ast.Call, parents: Mapping[ast.AST, ast.AST]) -> bool:
+    """Whether ``value = env.get(NAME)`` is followed, in the same function, by a test of ``value``.
+
+    ``configured = env.get(NAME)`` then ``Path(configured) if configured else <default>`` falls
+    back as surely as ``env.get(NAME, <default>)``.
+    """
+    assignment = parents.get(node)
+    if not (
+        isinstance(assignment, ast.Assign)
+        and len(assignment.targets) == 1
+        and isinstance(assignment.targets[0], ast.Name)
+    ):
+        return False
+    variable = assignment.targets[0].id
+    scope = parents.get(assignment)
+    while scope is not None and not isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+        scope = parents.get(scope)
+    if scope is None:
+        return False
+    for candidate in ast.walk(scope):
+        if isinstance(candidate, (ast.If, ast.IfExp, ast.While)) and _is_test_of(candidate.test, variable):
+            return True
+        if isinstance(candidate, ast.BoolOp) and _is_test_of(candidate.values[0], variable):
+            return True
+    return False
+
+
+def reads_in(path: Path, *, root: Path = REPO_ROOT) -> Iterator[EnvRead]:
+    """The environment variables one module reads (``where`` relative to ``root``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     constants = _string_constants(tree)
     parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
-    where = str(path.relative_to(REPO_ROOT))
+    where = str(path.relative_to(root))
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and node.args:
             func = node.func
@@ -325,7 +374,8 @@ def _reads_in(path: Path) -> Iterator[EnvRead]:
             or_default = (
                 isinstance(parent, ast.BoolOp) and isinstance(parent.op, ast.Or) and parent.values[0] is node
             )
-            yield EnvRead(name, len(node.args) > 1 or or_default, f"{where}:{node.lineno}")
+            has_default = len(node.args) > 1 or or_default or _checked_before_use(node, parents)
+            yield EnvRead(name, has_default, f"{where}:{node.lineno}")
         elif isinstance(node, ast.Subscript) and _is_env_mapping(node.value):
             name = _name_of(node.slice, constants)
             if name is not None and isinstance(node.ctx, ast.Load):
@@ -337,7 +387,7 @@ def env_reads(packages: Sequence[str] = ("orders_api", "workers")) -> list[EnvRe
     reads: list[EnvRead] = []
     for package in packages:
         for path in sorted((REPO_ROOT / package).rglob("*.py")):
-            reads.extend(_reads_in(path))
+            reads.extend(reads_in(path))
     return reads
 
 

@@ -43,9 +43,13 @@ from tests.deploy.artifacts import (
     production_requirement_lines,
     production_requirements,
 )
+from tests.deploy.k8s_manifests import config_maps, literal_env, load_manifests, workloads
 from workers.serve import worker_command
 
 pytestmark = pytest.mark.deploy
+
+#: The k8s manifests, whose probes must run in the image.
+MANIFESTS = load_manifests()
 
 #: The absolute paths the build stage writes to; here they live under a temporary root.
 _IMAGE_PATHS = ("/opt/venv", "/wheels")
@@ -298,6 +302,41 @@ def test_image_venv_starts_every_role(build_stage: BuildStage) -> None:
     assert sorted(
         path.name for path in (build_stage.venv / "bin").iterdir() if path.name in console_scripts()
     ) == sorted(console_scripts())
+
+
+def _probe_and_heartbeat(command: str, variable: str) -> tuple[list[str], str]:
+    """The liveness probe of the k8s container running ``command``, and the heartbeat path it is given."""
+    maps = config_maps(MANIFESTS)
+    (container,) = [
+        container
+        for workload in workloads(MANIFESTS)
+        for container in workload.containers
+        if container.get("command") == [command]
+    ]
+    probe: list[str] = container["livenessProbe"]["exec"]["command"]
+    return probe, literal_env(container, maps)[variable]
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [("orders-ingestor", "INGESTOR_HEARTBEAT_FILE"), ("orders-applier", "APPLIER_HEARTBEAT_FILE")],
+)
+def test_the_feed_processes_liveness_probes_run_in_the_image_venv(
+    build_stage: BuildStage, command: str, variable: str
+) -> None:
+    """Catches a k8s exec probe that cannot run in the image, or reads another variable than its
+    Deployment sets: it passes on a fresh heartbeat file at that path and fails on a stale one.
+    An import error also exits 1, hence the fresh case."""
+    probe, heartbeat = _probe_and_heartbeat(command, variable)
+    heartbeat_file = build_stage.root / heartbeat.lstrip("/")
+    heartbeat_file.parent.mkdir(parents=True, exist_ok=True)
+    heartbeat_file.touch()
+
+    fresh = run_in_image(build_stage, probe, **{variable: str(heartbeat_file)})
+    os.utime(heartbeat_file, (0, 0))
+    stale = run_in_image(build_stage, probe, **{variable: str(heartbeat_file)})
+
+    assert (fresh.returncode, stale.returncode) == (0, 1), (fresh.stderr, stale.stderr)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import yaml
 
 from tests.deploy.k8s_manifests import (
     CLUSTER_SCOPED_KINDS,
+    FIXED_REPLICAS,
     K8S_DIR,
     NAMESPACE,
     OUTSIDE_KUSTOMIZATION,
@@ -194,13 +195,16 @@ def test_the_api_takes_requests_from_other_namespaces_on_its_services_port() -> 
         (BROKER_PODS, 15672),
         (BROKER_PODS, 25672),
         (_workload("orders-workers").labels, 9191),
+        # The feed's processes listen on nothing; the default deny must keep any port shut.
+        (_workload("orders-ingestor").labels, 8000),
+        (_workload("orders-applier").labels, 8000),
     ],
     ids=str,
 )
-def test_nothing_outside_the_service_reaches_the_database_the_broker_or_the_workers(
+def test_nothing_outside_the_service_reaches_the_database_the_broker_or_the_services_pods(
     target: dict[str, str], port: int
 ) -> None:
-    """Catches a policy that opens PostgreSQL, RabbitMQ or the workers to any pod of the cluster."""
+    """Catches a policy opening PostgreSQL, RabbitMQ, the workers or the feed's pods to the cluster."""
     assert not ingress_allowed(MANIFESTS, to=target, port=port, source={}, source_namespace="elsewhere")
     assert not ingress_allowed(MANIFESTS, to=target, port=port, source={"app": "intruder"})
 
@@ -256,11 +260,24 @@ def test_autoscaled_deployments_leave_replicas_to_the_autoscaler() -> None:
     assert autoscaled and not autoscaled & set(fixed)
 
 
-def test_every_deployment_is_autoscaled() -> None:
+def test_every_deployment_is_autoscaled_or_fixed_on_purpose() -> None:
     """Catches a Deployment left at one replica because its autoscaler was forgotten."""
     autoscaled = {target["name"] for _, target in _autoscaled_targets()}
+    names = {deployment.name for deployment in DEPLOYMENTS}
 
-    assert {deployment.name for deployment in DEPLOYMENTS} <= autoscaled
+    assert names - set(FIXED_REPLICAS) <= autoscaled
+    assert set(FIXED_REPLICAS) <= names, "FIXED_REPLICAS names a Deployment that does not exist"
+
+
+@pytest.mark.parametrize("name", sorted(FIXED_REPLICAS))
+def test_a_deployment_fixed_on_purpose_runs_its_count_and_no_autoscaler(name: str) -> None:
+    """Catches an autoscaler added to the ingestor (reports published twice) or a replica count drifting."""
+    autoscaled = {target["name"] for _, target in _autoscaled_targets()}
+    (deployment,) = [deployment for deployment in DEPLOYMENTS if deployment.name == name]
+    replicas, reason = FIXED_REPLICAS[name]
+
+    assert name not in autoscaled, reason
+    assert deployment.spec.get("replicas") == replicas, reason
 
 
 def test_the_scaled_object_authenticates_with_an_existing_trigger_authentication() -> None:

@@ -8,18 +8,23 @@ sizes of the real settings classes. A change on either side that breaks the othe
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orders_api.adapters.rabbitmq_nodes import connection_parameters
 from orders_api.config import DEFAULT_PLACEMENT_QUEUE, Settings
-from orders_api.entrypoints import gunicorn_config
+from orders_api.entrypoints import applier, gunicorn_config, ingestor
+from orders_api.entrypoints.applier import ApplierSettings
+from orders_api.entrypoints.ingestor import IngestorSettings
 from tests.deploy.k8s_manifests import (
+    FIXED_REPLICAS,
     Manifest,
     Workload,
     config_maps,
@@ -28,6 +33,7 @@ from tests.deploy.k8s_manifests import (
     literal_env,
     load_manifests,
     of_kind,
+    reads_in,
     workloads,
 )
 from workers.serve import worker_command
@@ -47,6 +53,11 @@ WORKERS_COMMAND = ["orders-workers"]
 SWEEP_COMMAND = ["flask", "--app", "orders_api.wsgi", "reconcile"]
 MIGRATION_COMMANDS = [["orders-db-upgrade"], ["orders-broker-setup"]]
 WORKERS_LIVENESS = ["python", "-m", "workers.liveness", "--max-age", "30"]
+INGESTOR_COMMAND = ["orders-ingestor"]
+APPLIER_COMMAND = ["orders-applier"]
+#: The execution feed's processes' heartbeat checks, and the variable naming each one's file.
+INGESTOR_CHECK = ["orders-ingestor", "--check", "--max-age", "30"]
+APPLIER_CHECK = ["orders-applier", "--check", "--max-age", "60"]
 #: The image every role runs, and the user it runs as.
 IMAGE_NAME = "orders-service"
 IMAGE_UID = 10001
@@ -62,6 +73,11 @@ SPARE_CONNECTIONS = 20
 #: Connections each worker process opens besides its pool: one for renewing claims
 #: (workers/bootstrap.py).
 WORKER_EXTRA_CONNECTIONS = 1
+#: The confirm timeout the ingestor uses at least, whatever CONFIRM_TIMEOUT_S says (``ingest()``).
+INGESTOR_MIN_CONFIRM_TIMEOUT_S = 5.0
+#: Round trips of one applier batch: lock the orders, insert the executions, update the orders,
+#: commit (orders_api/adapters/execution_ledger.py ``apply_reports``).
+APPLIER_ROUND_TRIPS_PER_BATCH = 4
 
 
 def _by_command(command: list[str]) -> list[tuple[Workload, dict[str, Any]]]:
@@ -117,6 +133,8 @@ def test_every_role_runs_the_command_of_the_shared_contract() -> None:
     _one(API_COMMAND)
     _one(WORKERS_COMMAND)
     _one(SWEEP_COMMAND)
+    _one(INGESTOR_COMMAND)
+    _one(APPLIER_COMMAND)
     (migration,) = [workload for workload in WORKLOADS if workload.manifest.kind == "Job"]
     assert [container["command"] for container in migration.containers] == MIGRATION_COMMANDS
     assert "initContainers" in migration.pod_spec, "the broker setup must wait for the database upgrade"
@@ -229,7 +247,37 @@ def test_the_code_reads_its_settings_where_the_scan_looks() -> None:
         "PLACEMENT_QUEUE",
         "GRACEFUL_TIMEOUT_S",
         "WORKER_LIVENESS_FILE",
+        # IngestorSettings and ApplierSettings read os.environ through a local `env`.
+        "FEED_URL",
+        "EXECUTION_QUEUE_PREFIX",
+        "EXECUTION_PARTITIONS",
+        "INGEST_BATCH",
+        "INGESTOR_HEARTBEAT_FILE",
+        "APPLIER_HEARTBEAT_FILE",
     } <= names
+
+
+@pytest.mark.parametrize(
+    ("source", "has_default"),
+    [
+        ("def f(env):\n    value = env.get('X')\n    return value if value else 'd'\n", True),
+        ("def f(env):\n    value = env.get('X')\n    if value is None:\n        value = 'd'\n", True),
+        ("def f(env):\n    return env.get('X') or 'd'\n", True),
+        ("def f(env):\n    value = env.get('X')\n    return int(value)\n", False),
+        ("def f(env):\n    return env['X']\n", False),
+    ],
+    ids=["tested-by-ifexp", "tested-by-if", "or-default", "used-unchecked", "subscript"],
+)
+def test_the_scan_counts_a_read_tested_before_use_as_having_a_default(
+    source: str, has_default: bool, tmp_path: Path
+) -> None:
+    """Catches the scan calling `x = env.get(N)`, `x if x else d` required, or missing a real requirement."""
+    module = tmp_path / "module.py"
+    module.write_text(source, encoding="utf-8")
+
+    (read,) = reads_in(module, root=tmp_path)
+
+    assert (read.name, read.has_default) == ("X", has_default)
 
 
 def test_every_variable_the_code_reads_without_a_default_is_set() -> None:
@@ -310,24 +358,78 @@ def test_every_role_publishes_to_the_same_placement_queue() -> None:
     assert len(queues) == 1, queues
 
 
-def test_postgresql_accepts_every_connection_the_autoscaled_pods_may_open(
+def _engine_pool_size(module: Path) -> int:
+    """The ``pool_size`` a process's ``create_engine(...)`` call passes, read from its module's source.
+
+    Its engine has no overflow (``orders_api.adapters.database.engine_options``), so this is the
+    most connections the process opens.
+    """
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    sizes = [
+        keyword.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "create_engine"
+        for keyword in node.keywords
+        if keyword.arg == "pool_size" and isinstance(keyword.value, ast.Constant)
+    ]
+    assert len(sizes) == 1 and isinstance(sizes[0], int), f"{module}: expected one create_engine(pool_size=N)"
+    return sizes[0]
+
+
+#: The processes of fixed-size Deployments, by command, and the module that opens their engine.
+FIXED_PROCESSES = {
+    tuple(INGESTOR_COMMAND): Path(ingestor.__file__),
+    tuple(APPLIER_COMMAND): Path(applier.__file__),
+}
+
+
+def _most_pods_of_fixed(workload: Workload) -> int:
+    """Replicas plus the pods a rolling update may add (none with ``Recreate``)."""
+    spec = workload.manifest.spec
+    strategy = spec.get("strategy", {})
+    surge = (
+        0 if strategy.get("type") == "Recreate" else int(strategy.get("rollingUpdate", {}).get("maxSurge", 1))
+    )
+    return int(spec["replicas"]) + surge
+
+
+def test_the_connection_budget_counts_every_fixed_deployment() -> None:
+    """Catches the connection budget below going blind: a pool size it cannot read, or a process it misses."""
+    fixed = {
+        workload.manifest.name
+        for workload, container in CONTAINERS
+        if tuple(container["command"]) in FIXED_PROCESSES
+    }
+
+    assert fixed == set(FIXED_REPLICAS)
+    assert all(_engine_pool_size(module) >= 1 for module in FIXED_PROCESSES.values())
+
+
+def test_postgresql_accepts_every_connection_the_pods_may_open(
     gunicorn_settings: Mapping[str, Any],
 ) -> None:
-    """Catches autoscaling past max_connections: new pods would fail every request with 'too many clients'."""
+    """Catches scaling past max_connections: new pods would fail every request with 'too many clients'."""
     _, api = _one(API_COMMAND)
     api_workload, _ = _one(API_COMMAND)
     workers_workload, workers = _one(WORKERS_COMMAND)
     api_pool = Settings.from_env(literal_env(api, MAPS)).db_pool_size
     worker_pool = WorkerSettings.from_env(literal_env(workers, MAPS)).db_pool_size
+    fixed = sum(
+        _most_pods_of_fixed(workload) * _engine_pool_size(FIXED_PROCESSES[tuple(container["command"])])
+        for workload, container in CONTAINERS
+        if tuple(container["command"]) in FIXED_PROCESSES
+    )
     needed = (
         _max_replicas(api_workload.manifest.name) * int(gunicorn_settings["workers"]) * api_pool
         + _max_replicas(workers_workload.manifest.name)
         * _worker_flag("--processes")
         * (worker_pool + WORKER_EXTRA_CONNECTIONS)
+        + fixed
         + SPARE_CONNECTIONS
     )
     (database,) = of_kind(MANIFESTS, "Cluster")
 
+    assert fixed > 0
     assert int(database.spec["postgresql"]["parameters"]["max_connections"]) >= needed
 
 
@@ -392,3 +494,104 @@ def test_the_composed_broker_url_reaches_the_operators_service_as_its_user(
         RABBITMQ_SECRET_SAMPLE["username"],
         RABBITMQ_SECRET_SAMPLE["password"],
     )
+
+
+#: Enters a container's environment (the ``in_container`` fixture).
+EnterContainer = Callable[[Mapping[str, Any]], None]
+
+
+@pytest.fixture
+def in_container(monkeypatch: pytest.MonkeyPatch) -> Iterator[EnterContainer]:
+    """Sets the process environment to a container's literal variables, for code reading ``os.environ``."""
+
+    def enter(container: Mapping[str, Any]) -> None:
+        for name in list(os.environ):
+            monkeypatch.delenv(name)
+        for name, value in literal_env(container, MAPS).items():
+            monkeypatch.setenv(name, value)
+
+    yield enter
+
+
+@pytest.mark.parametrize(
+    ("command", "check", "variable"),
+    [
+        (INGESTOR_COMMAND, INGESTOR_CHECK, "INGESTOR_HEARTBEAT_FILE"),
+        (APPLIER_COMMAND, APPLIER_CHECK, "APPLIER_HEARTBEAT_FILE"),
+    ],
+    ids=["ingestor", "applier"],
+)
+def test_the_feed_processes_probe_the_heartbeat_their_loop_touches(
+    command: list[str], check: list[str], variable: str
+) -> None:
+    """Catches a probe checking another file than the process touches, or one outside the writable /tmp."""
+    _, container = _one(command)
+    heartbeat = literal_env(container, MAPS).get(variable, "")
+
+    assert heartbeat.startswith("/tmp/")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["exec"]["command"] == check, probe
+    assert "ports" not in container, "the feed processes serve nothing: ingress stays denied"
+
+
+def test_the_ingestor_and_the_appliers_agree_on_the_partition_queues(in_container: EnterContainer) -> None:
+    """Catches the ingestor publishing to queues (or a partition count) the appliers do not consume."""
+    in_container(_one(INGESTOR_COMMAND)[1])
+    ingestor_settings = IngestorSettings.from_env()
+    applier_settings = ApplierSettings.from_env(literal_env(_one(APPLIER_COMMAND)[1], MAPS))
+
+    assert (ingestor_settings.queue_prefix, ingestor_settings.partitions) == (
+        applier_settings.queue_prefix,
+        applier_settings.partitions,
+    )
+    assert applier_settings.heartbeat_file.parent == Path("/tmp")
+    assert Path(ingestor_settings.heartbeat_file).parent == Path("/tmp")
+
+
+def test_the_ingestor_follows_a_websocket_feed_from_its_resume_point(in_container: EnterContainer) -> None:
+    """Catches the ingestor left on the simulator's localhost default, or a URL pinning the resume point."""
+    in_container(_one(INGESTOR_COMMAND)[1])
+    feed_url = IngestorSettings.from_env().feed_url
+
+    assert feed_url != ingestor.DEFAULT_FEED_URL
+    assert re.match(r"^wss?://[^/]+/", feed_url), feed_url
+    assert "from=" not in feed_url, "the ingestor adds `from` from its stored resume point"
+
+
+def test_the_ingestor_never_runs_twice_during_a_rollout() -> None:
+    """Catches a rolling update starting a second ingestor: every report would be published twice."""
+    workload, _ = _one(INGESTOR_COMMAND)
+
+    assert workload.manifest.spec["strategy"] == {"type": "Recreate"}
+    assert workload.manifest.spec["replicas"] == 1
+
+
+def test_the_ingestors_grace_period_covers_its_last_publish_and_resume_point(
+    in_container: EnterContainer,
+) -> None:
+    """Catches a SIGKILL while the ingestor still waits for confirms or stores its resume point.
+
+    Worst case: two tries of the run in flight (connect, confirm), the backoff between them, then
+    storing the resume point (connect, one round trip).
+    """
+    workload, container = _one(INGESTOR_COMMAND)
+    in_container(container)
+    settings, ingestor_settings = Settings.from_env(), IngestorSettings.from_env()
+    one_try = settings.connect_timeout_s + max(settings.confirm_timeout_s, INGESTOR_MIN_CONFIRM_TIMEOUT_S)
+    worst = (
+        2 * one_try
+        + ingestor_settings.backoff_cap_s
+        + settings.connect_timeout_s
+        + settings.db_reply_timeout_s
+    )
+
+    assert workload.pod_spec["terminationGracePeriodSeconds"] > worst
+
+
+def test_the_appliers_grace_period_covers_the_batch_in_hand() -> None:
+    """Catches a SIGKILL while an applier commits its last batch (harmless: redelivered to the standby)."""
+    workload, container = _one(APPLIER_COMMAND)
+    settings = Settings.from_env(literal_env(container, MAPS))
+    worst = settings.connect_timeout_s + APPLIER_ROUND_TRIPS_PER_BATCH * settings.db_reply_timeout_s
+
+    assert workload.pod_spec["terminationGracePeriodSeconds"] > worst
