@@ -102,3 +102,19 @@ def settings(
     rabbit.delete_policies_if_present(
         *(policy_name(name) for name in (queue, dq_name(queue), xq_name(queue)))
     )
+
+
+@pytest.fixture
+def own_database_url(run_name: str) -> Iterator[str]:
+    """A freshly migrated database of one test's own, dropped after it: for a test whose process
+    reads every row of a kind (the feed simulator reports on every placed order), where the
+    run's shared database holds other tests' rows."""
+    name = f"{run_name}_{uuid.uuid4().hex[:8]}"
+    url = f"{POSTGRES_URL}/{name}"
+    upgrade(url)
+    yield url
+    connection = psycopg2.connect(f"{POSTGRES_URL}/postgres", connect_timeout=5)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    connection.close()

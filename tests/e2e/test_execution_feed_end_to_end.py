@@ -49,8 +49,9 @@ POLL_INTERVAL_S = 0.1
 
 
 @pytest.fixture
-def plain_settings(database_url: str, rabbitmq_url: str) -> Settings:
-    return Settings(database_url=database_url, rabbitmq_url=rabbitmq_url)
+def plain_settings(own_database_url: str, rabbitmq_url: str) -> Settings:
+    """A database of this test's own: the feed reports on every placed order in it."""
+    return Settings(database_url=own_database_url, rabbitmq_url=rabbitmq_url)
 
 
 @pytest.fixture

@@ -80,6 +80,14 @@ StartFeed = Callable[..., Feed]
 
 
 @pytest.fixture
+def database_url(own_database_url: str) -> str:
+    """A database of this test's own: the feed reports on every placed order of its database,
+    and the run's shared one fills with other tests' placed orders, far more than a paced feed
+    tells in time."""
+    return own_database_url
+
+
+@pytest.fixture
 def start_feed(database_url: str, tmp_path: Path) -> Iterator[StartFeed]:
     """Start simulator processes; every one still running is stopped after the test."""
     feeds: list[Feed] = []
