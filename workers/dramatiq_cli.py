@@ -22,8 +22,10 @@ def main() -> int:
     from dramatiq.cli import main as dramatiq_main
 
     from orders_api.logging_setup import configure_logging
+    from workers.greenlet_errors import log_greenlet_errors
 
     configure_logging()
+    log_greenlet_errors()
     status: int = dramatiq_main()  # type: ignore[no-untyped-call]
     return status
 
