@@ -65,6 +65,8 @@ SLACK_S = 60.0
 STOP_GRACE_S = 10.0
 #: Seconds between two counts of the ``executions`` rows.
 POLL_S = 0.2
+#: Orders committed per transaction when the run's orders are stored.
+STORE_CHUNK = 1000
 #: Who runs what, for the CPU split.
 _USERS = {"postgres": "postgres", "rabbitmq": "rabbitmq"}
 
@@ -141,7 +143,10 @@ def measure(box: Sandbox, orders: int, fills: int, offered: float, workdir: Path
         with closing(box.connect()) as connection, connection.cursor() as cursor:
             # Each run has orders of its own: the feed's fresh poll would adopt the last run's too.
             cursor.execute("TRUNCATE executions, feed_cursors, orders CASCADE")
-        store_orders(engine, orders, quantity=100)
+        # In chunks: the repository takes an advisory lock per order, and PostgreSQL's lock table
+        # (max_locks_per_transaction) holds a few thousand per transaction, not 20,000.
+        for chunk in range(0, orders, STORE_CHUNK):
+            store_orders(engine, min(STORE_CHUNK, orders - chunk), quantity=100)
     finally:
         engine.dispose()
     _declare_queues(box.rabbitmq_url, prefix)
