@@ -31,6 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -128,6 +129,28 @@ def log_span(lines: Sequence[str]) -> tuple[float, float, int]:
     return min(stamps), max(stamps), len(stamps)
 
 
+def hot_frames(collapsed: Sequence[str], top: int = 12) -> list[tuple[float, str]]:
+    """The frames most samples pass through (py-spy's collapsed stacks), with their share of all samples.
+
+    Counts each frame once per sample however deep it recurs, so a share reads as "this much
+    of the time was spent in here or below"; the process's entry frames (in every sample) are
+    left out as they say nothing.
+    """
+    through: Counter[str] = Counter()
+    total = 0
+    for line in collapsed:
+        if not line.strip():
+            continue
+        stack, _, count = line.rpartition(" ")
+        samples = int(count)
+        total += samples
+        for frame in set(stack.split(";")):
+            through[frame] += samples
+    if not total:
+        return []
+    return [(samples / total, frame) for frame, samples in through.most_common() if samples < total][:top]
+
+
 def verdict(runs: Sequence[FeedRun]) -> str:
     """One line: is the target met at some offered rate, and by which run."""
     met = [run for run in runs if run.target_met]
@@ -139,8 +162,14 @@ def verdict(runs: Sequence[FeedRun]) -> str:
     )
 
 
-def measure(box: Sandbox, orders: int, fills: int, offered: float, workdir: Path, step: int) -> FeedRun:
-    """One end-to-end run at ``offered`` reports/s (0: as fast as possible), on fresh orders and queues."""
+def measure(
+    box: Sandbox, orders: int, fills: int, offered: float, workdir: Path, step: int, *, profile: bool = False
+) -> FeedRun:
+    """One end-to-end run at ``offered`` reports/s (0: as fast as possible), on fresh orders and queues.
+
+    :param profile: also sample the feed, the ingestor and the applier with ``py-spy record``
+        (the ``bench`` extra) for the whole run, into ``<name>.pyspy.txt`` (collapsed stacks).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = f"bench-executions-{step}"
     settings = Settings(database_url=box.database_url, rabbitmq_url=box.rabbitmq_url)
@@ -193,7 +222,9 @@ def measure(box: Sandbox, orders: int, fills: int, offered: float, workdir: Path
             env,
             workdir,
         ) as started_processes:
-            meter = CpuMeter({name: process.pid for name, process in started_processes.items()}, _USERS)
+            pids = {name: process.pid for name, process in started_processes.items()}
+            meter = CpuMeter(pids, _USERS)
+            profilers = _profile(pids, workdir) if profile else []
             meter.start()
             started = time.monotonic()
             applied = 0
@@ -204,6 +235,14 @@ def measure(box: Sandbox, orders: int, fills: int, offered: float, workdir: Path
                 _check_alive(started_processes)
             elapsed = time.monotonic() - started
             split = meter.stop()
+            for profiler in profilers:  # py-spy writes its file when told to stop
+                profiler.send_signal(signal.SIGINT)
+            for profiler in profilers:
+                try:
+                    profiler.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    profiler.kill()
+                    profiler.wait(timeout=5)
         cursor.execute(
             "SELECT extract(epoch FROM reported_at)::float8, extract(epoch FROM applied_at)::float8"
             " FROM executions"
@@ -266,7 +305,7 @@ def rows(runs: Sequence[FeedRun], baseline: ceilings.Ceiling) -> list[Row]:
 
 
 def measure_all(
-    box: Sandbox, orders: int, fills: int, rates: Sequence[float], workdir: Path
+    box: Sandbox, orders: int, fills: int, rates: Sequence[float], workdir: Path, *, profile: bool = False
 ) -> tuple[ceilings.Ceiling, list[FeedRun]]:
     """The baseline, then every offered rate, in the same run."""
     baseline = ceilings.confirmed_publishes(
@@ -275,7 +314,7 @@ def measure_all(
     runs = []
     for step, offered in enumerate(rates):
         print(f"bench: execution feed, offered {_offered(offered)}", flush=True)
-        runs.append(measure(box, orders, fills, offered, workdir / f"feed-{step}", step))
+        runs.append(measure(box, orders, fills, offered, workdir / f"feed-{step}", step, profile=profile))
     return baseline, runs
 
 
@@ -295,16 +334,27 @@ def main(argv: list[str] | None = None) -> None:
         default=list(DEFAULT_RATES),
         help="offered reports/s; 0: as fast as possible",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the feed, the ingestor and the applier; print their hot spots",
+    )
     arguments = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="orders-bench-feed-"))
     print(f"bench: logs and raw figures in {workdir}; load {_load()}", flush=True)
     with sandbox() as box:
-        baseline, runs = measure_all(box, arguments.orders, arguments.fills, arguments.rates, workdir)
+        baseline, runs = measure_all(
+            box, arguments.orders, arguments.fills, arguments.rates, workdir, profile=arguments.profile
+        )
     (workdir / "results.json").write_text(
         json.dumps({"baseline": asdict(baseline), "runs": [asdict(run) for run in runs]}, indent=2)
     )
     print(table(rows(runs, baseline)))
     print(verdict(runs))
+    for path in sorted(workdir.glob("feed-*/*.pyspy.txt")):
+        print(f"bench: {path.relative_to(workdir)}: where the samples are (share of the process's samples)")
+        for share, frame in hot_frames(path.read_text().splitlines()):
+            print(f"  {share:5.1%}  {frame}")
     print(f"bench: load {_load()}")
 
 
@@ -366,6 +416,29 @@ def _processes(
                 with suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
+
+
+def _profile(pids: dict[str, int], workdir: Path) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record`` on each process, until SIGINT or the process's end."""
+    return [
+        subprocess.Popen(
+            [
+                str(BIN / "py-spy"),
+                "record",
+                "--rate",
+                "50",
+                "--format",
+                "raw",
+                "--pid",
+                str(pid),
+                "--output",
+                str(workdir / f"{name}.pyspy.txt"),
+            ],
+            stdout=(workdir / f"{name}.pyspy.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for name, pid in pids.items()
+    ]
 
 
 def _check_alive(started: dict[str, subprocess.Popen[bytes]]) -> None:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bench.execution_feed import FeedRun, end_to_end_rate, lags_ms, log_span, verdict
+from bench.execution_feed import FeedRun, end_to_end_rate, hot_frames, lags_ms, log_span, verdict
 
 pytestmark = pytest.mark.unit
 
@@ -58,3 +58,18 @@ def test_the_target_is_met_only_to_the_letter(run: FeedRun, met: bool) -> None:
 def test_the_verdict_names_the_runs_that_met_the_target_or_says_missed() -> None:
     assert verdict([_run(5000, 4000.0, 10.0), _run(0, 6000.0, 900.0)]).endswith("MET at offered max")
     assert verdict([_run(5000, 4000.0, 10.0)]).endswith("MISSED in every run")
+
+
+def test_hot_frames_share_the_samples_that_pass_through_each_frame_once() -> None:
+    collapsed = [
+        "main;loop;apply;execute 6",
+        "main;loop;parse 3",
+        "main;loop;loop;parse 1",  # recursion counts the frame once
+        "",
+    ]
+
+    hot = dict((frame, share) for share, frame in hot_frames(collapsed))
+
+    # main and loop are in every sample: they say nothing and are left out.
+    assert hot == pytest.approx({"apply": 0.6, "execute": 0.6, "parse": 0.4})
+    assert hot_frames([]) == []
