@@ -129,26 +129,23 @@ def log_span(lines: Sequence[str]) -> tuple[float, float, int]:
     return min(stamps), max(stamps), len(stamps)
 
 
-def hot_frames(collapsed: Sequence[str], top: int = 12) -> list[tuple[float, str]]:
-    """The frames most samples pass through (py-spy's collapsed stacks), with their share of all samples.
+def hot_frames(collapsed: Sequence[str], within: str | None = None, top: int = 8) -> list[tuple[float, str]]:
+    """Where a process's samples (py-spy's collapsed stacks) are, as shares of all its samples.
 
-    Counts each frame once per sample however deep it recurs, so a share reads as "this much
-    of the time was spent in here or below"; the process's entry frames (in every sample) are
-    left out as they say nothing.
+    Each sample goes to its innermost frame (its own time) or, with ``within``, to its innermost
+    frame whose text holds ``within`` (say ``orders_api/``: which line of ours it was in, the
+    libraries it called included), or its innermost frame if none does.
     """
-    through: Counter[str] = Counter()
-    total = 0
+    where: Counter[str] = Counter()
     for line in collapsed:
         if not line.strip():
             continue
         stack, _, count = line.rpartition(" ")
-        samples = int(count)
-        total += samples
-        for frame in set(stack.split(";")):
-            through[frame] += samples
-    if not total:
-        return []
-    return [(samples / total, frame) for frame, samples in through.most_common() if samples < total][:top]
+        frames = stack.split(";")
+        ours = [frame for frame in frames if within is not None and within in frame]
+        where[(ours or frames)[-1]] += int(count)
+    total = sum(where.values())
+    return [(samples / total, frame) for frame, samples in where.most_common(top)]
 
 
 def verdict(runs: Sequence[FeedRun]) -> str:
@@ -353,8 +350,11 @@ def main(argv: list[str] | None = None) -> None:
     print(verdict(runs))
     for path in sorted(workdir.glob("feed-*/*.pyspy.txt")):
         print(f"bench: {path.relative_to(workdir)}: where the samples are (share of the process's samples)")
-        for share, frame in hot_frames(path.read_text().splitlines()):
-            print(f"  {share:5.1%}  {frame}")
+        lines = path.read_text().splitlines()
+        for label, within in (("own time", None), ("in our code", "orders_api/")):
+            print(f"  {label}:")
+            for share, frame in hot_frames(lines, within):
+                print(f"    {share:5.1%}  {frame}")
     print(f"bench: load {_load()}")
 
 

@@ -60,16 +60,19 @@ def test_the_verdict_names_the_runs_that_met_the_target_or_says_missed() -> None
     assert verdict([_run(5000, 4000.0, 10.0)]).endswith("MISSED in every run")
 
 
-def test_hot_frames_share_the_samples_that_pass_through_each_frame_once() -> None:
+def test_hot_frames_give_each_sample_to_its_innermost_frame_or_innermost_frame_of_ours() -> None:
     collapsed = [
-        "main;loop;apply;execute 6",
-        "main;loop;parse 3",
-        "main;loop;loop;parse 1",  # recursion counts the frame once
+        "main;orders_api/ledger.py:apply;sqlalchemy:execute 6",
+        "main;orders_api/executions.py:parse;json:decode 3",
+        "main;pika:poll 1",
         "",
     ]
 
-    hot = dict((frame, share) for share, frame in hot_frames(collapsed))
+    own = {frame: share for share, frame in hot_frames(collapsed)}
+    ours = {frame: share for share, frame in hot_frames(collapsed, "orders_api/")}
 
-    # main and loop are in every sample: they say nothing and are left out.
-    assert hot == pytest.approx({"apply": 0.6, "execute": 0.6, "parse": 0.4})
+    assert own == pytest.approx({"sqlalchemy:execute": 0.6, "json:decode": 0.3, "pika:poll": 0.1})
+    assert ours == pytest.approx(
+        {"orders_api/ledger.py:apply": 0.6, "orders_api/executions.py:parse": 0.3, "pika:poll": 0.1}
+    )
     assert hot_frames([]) == []
