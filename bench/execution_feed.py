@@ -279,7 +279,7 @@ def rows(runs: Sequence[FeedRun], baseline: ceilings.Ceiling) -> list[Row]:
     for run in runs:
         cores = ", ".join(
             f"{name} {run.cores.get(name, 0.0):.2f}"
-            for name in ("feed", "ingestor", "applier", "postgres", "rabbitmq")
+            for name in ("feed", "ingestor", "applier", "postgres", "rabbitmq", "other")
         )
         result.append(
             Row(
