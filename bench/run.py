@@ -15,6 +15,9 @@ In order, on a database and a RabbitMQ vhost of the run's own (dropped at the en
    every call while a marker file exists): the ratio of the two is the endpoint's isolation
    from the exchange, free of the run-to-run noise between two separately started services.
 4. Placement throughput at 64, 256 and 512 orders in flight (:mod:`bench.placement`).
+5. Execution reports end to end, feed -> ingestor -> applier, at 5,000 reports/s offered and as
+   fast as possible, against one process's confirmed publishes (:mod:`bench.execution_feed`,
+   in a database and vhost of its own, since it empties the orders between its runs).
 
 Load comes from wrk (C, a process of its own, ``bench/orders.lua``: a unique body per request);
 its CPU share is in the table. Every run is bounded in time; every process is stopped, even on
@@ -42,7 +45,7 @@ from typing import Any
 
 import requests
 
-from bench import ceilings, placement
+from bench import ceilings, execution_feed, placement
 from bench.cpu import CpuMeter
 from bench.load import LoadResult, run_wrk
 from bench.report import Row, plot, ratio, table
@@ -91,9 +94,21 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     with sandbox() as box:
         rows, figures, series = _measure(box, options, arguments.duration, workdir)
+    print("bench: execution feed end to end (issue 11)", flush=True)
+    with sandbox() as feed_box:
+        baseline, feed_runs = execution_feed.measure_all(
+            feed_box,
+            execution_feed.DEFAULT_ORDERS,
+            execution_feed.DEFAULT_FILLS,
+            execution_feed.DEFAULT_RATES,
+            workdir / "execution-feed",
+        )
+    rows += execution_feed.rows(feed_runs, baseline)
+    figures["execution_feed"] = {"baseline": asdict(baseline), "runs": [asdict(run) for run in feed_runs]}
     (workdir / "results.json").write_text(json.dumps(figures, indent=2, default=str))
     written = plot(series, arguments.plots)
     print(table(rows))
+    print(execution_feed.verdict(feed_runs))
     print(f"bench: {time.monotonic() - started:.0f} s; plots {', '.join(str(path) for path in written)}")
 
 
