@@ -47,6 +47,9 @@ class FeedSequencer(Generic[_Report]):
         self._next = resume_from + 1
         #: Reports received above ``_next - 1``, not handed over yet.
         self._held: dict[int, _Report] = {}
+        #: The highest ``feed_seq`` up to which every report from ``_next`` on is held: kept as
+        #: reports arrive, so that :meth:`ready` costs nothing however many are held.
+        self._contiguous_to = resume_from
         #: The run handed over and not confirmed yet (at most one: publishing is sequential).
         self._in_flight: Taken[_Report] | None = None
 
@@ -55,6 +58,8 @@ class FeedSequencer(Generic[_Report]):
         if feed_seq < self._next or feed_seq in self._held:
             return False
         self._held[feed_seq] = report
+        while self._contiguous_to + 1 in self._held:
+            self._contiguous_to += 1
         return True
 
     @property
@@ -63,11 +68,8 @@ class FeedSequencer(Generic[_Report]):
         return len(self._held)
 
     def ready(self) -> int:
-        """How many reports could be handed over now, up to the first gap (counted up to 10,000)."""
-        count = 0
-        while count < 10_000 and self._next + count in self._held:
-            count += 1
-        return count
+        """How many reports could be handed over now, up to the first gap."""
+        return self._contiguous_to - self._next + 1
 
     def has_gap(self) -> bool:
         """Whether reports are held behind a ``feed_seq`` that has not arrived."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orders_api.adapters.feed_client import MalformedReportError, parse_frame, resume_url
 from orders_api.service_layer.ingest import FeedSequencer, full_jitter_backoff
@@ -109,3 +111,26 @@ def test_resume_url_replaces_any_from_and_keeps_the_rest() -> None:
 def test_rejects_frames_outside_the_contract(frame: str) -> None:
     with pytest.raises(MalformedReportError):
         parse_frame(frame)
+
+
+@given(
+    arrivals=st.lists(st.integers(min_value=1, max_value=60), max_size=120),
+    takes=st.lists(st.integers(min_value=1, max_value=10), max_size=20),
+)
+def test_ready_counts_the_contiguous_reports_however_they_arrived(
+    arrivals: list[int], takes: list[int]
+) -> None:
+    sequencer: FeedSequencer[int] = FeedSequencer(resume_from=0)
+    handed_over = 0
+    for step, feed_seq in enumerate(arrivals):
+        sequencer.offer(feed_seq, feed_seq)
+        if takes and step % 7 == 0:
+            run = sequencer.take(takes[step % len(takes)])
+            if run is not None:
+                handed_over = run.last
+                sequencer.confirmed(run)
+        held = {seq for seq in arrivals[: step + 1] if seq > handed_over}
+        contiguous = 0
+        while handed_over + contiguous + 1 in held:
+            contiguous += 1
+        assert sequencer.ready() == contiguous
