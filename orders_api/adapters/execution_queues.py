@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from collections.abc import Mapping
 
 from orders_api.adapters.confirmed_publisher import QueueDeclaration
 
@@ -43,3 +44,13 @@ def execution_queue_declarations(prefix: str, partitions: int) -> tuple[QueueDec
         )
         for partition in range(partitions)
     )
+
+
+def execution_queues_from_env(environ: Mapping[str, str]) -> tuple[str, int]:
+    """The partition queues' prefix and count, read in one place for the ingestor and the applier.
+
+    Both must agree on them, or reports would go to queues no applier consumes.
+    """
+    prefix = environ.get("EXECUTION_QUEUE_PREFIX", DEFAULT_EXECUTION_QUEUE_PREFIX)
+    partitions = int(environ.get("EXECUTION_PARTITIONS", str(DEFAULT_EXECUTION_PARTITIONS)))
+    return prefix, partitions

@@ -57,6 +57,7 @@ from orders_api.adapters.execution_queues import (
     DEFAULT_EXECUTION_PARTITIONS,
     DEFAULT_EXECUTION_QUEUE_PREFIX,
     execution_queue_declarations,
+    execution_queues_from_env,
 )
 from orders_api.adapters.rabbitmq_nodes import connection_name, connection_parameters
 from orders_api.config import Settings
@@ -96,9 +97,10 @@ class ApplierSettings:
         """Read ``EXECUTION_QUEUE_PREFIX``, ``EXECUTION_PARTITIONS``, ``APPLIER_HEARTBEAT_FILE``."""
         env = os.environ if environ is None else environ
         defaults = cls()
+        queue_prefix, partitions = execution_queues_from_env(env)
         return cls(
-            queue_prefix=env.get("EXECUTION_QUEUE_PREFIX", defaults.queue_prefix),
-            partitions=int(env.get("EXECUTION_PARTITIONS", defaults.partitions)),
+            queue_prefix=queue_prefix,
+            partitions=partitions,
             heartbeat_file=Path(env.get("APPLIER_HEARTBEAT_FILE", str(defaults.heartbeat_file))),
         )
 

@@ -44,6 +44,7 @@ from orders_api.adapters.execution_queues import (
     DEFAULT_EXECUTION_PARTITIONS,
     DEFAULT_EXECUTION_QUEUE_PREFIX,
     execution_queue_declarations,
+    execution_queues_from_env,
     partition_of,
     partition_queue,
 )
@@ -101,10 +102,11 @@ class IngestorSettings:
         """Settings from ``FEED_URL``, ``EXECUTION_QUEUE_PREFIX``, ``EXECUTION_PARTITIONS``, ``INGEST_*``."""
         env = os.environ
         defaults = cls()
+        queue_prefix, partitions = execution_queues_from_env(env)
         return cls(
             feed_url=env.get("FEED_URL", defaults.feed_url),
-            queue_prefix=env.get("EXECUTION_QUEUE_PREFIX", defaults.queue_prefix),
-            partitions=int(env.get("EXECUTION_PARTITIONS", defaults.partitions)),
+            queue_prefix=queue_prefix,
+            partitions=partitions,
             batch_size=int(env.get("INGEST_BATCH", defaults.batch_size)),
             batch_wait_s=float(env.get("INGEST_BATCH_WAIT_MS", defaults.batch_wait_s * 1000)) / 1000,
             cursor_save_s=float(env.get("INGEST_CURSOR_SAVE_MS", defaults.cursor_save_s * 1000)) / 1000,
