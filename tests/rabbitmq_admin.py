@@ -108,14 +108,7 @@ class RabbitAdmin:
 
     def delete_policies_if_present(self, *names: str) -> None:
         """Delete each of the policies ``names`` that exists; missing ones are no error."""
-        for name in names:
-            response = requests.delete(
-                f"{self._management_url}/api/policies/{self._vhost_path}/{quote(name, safe='')}",
-                auth=MANAGEMENT_AUTH,
-                timeout=_TIMEOUT_S,
-            )
-            if response.status_code != 404:
-                response.raise_for_status()
+        self._delete_if_present("policies", names)
 
     def policy(self, name: str) -> dict[str, Any] | None:
         response = requests.get(
@@ -163,9 +156,12 @@ class RabbitAdmin:
 
     def delete_queues_if_present(self, *names: str) -> None:
         """Delete each of ``names`` that exists, with what it holds; missing ones are no error."""
+        self._delete_if_present("queues", names)
+
+    def _delete_if_present(self, kind: str, names: tuple[str, ...]) -> None:
         for name in names:
             response = requests.delete(
-                f"{self._management_url}/api/queues/{self._vhost_path}/{quote(name, safe='')}",
+                f"{self._management_url}/api/{kind}/{self._vhost_path}/{quote(name, safe='')}",
                 auth=MANAGEMENT_AUTH,
                 timeout=_TIMEOUT_S,
             )
