@@ -13,7 +13,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
@@ -42,7 +42,30 @@ def decode_cursor(cursor: str) -> ListPosition:
         raise ValueError(f"not a cursor this API made: {error}") from None
     if position.created_at.tzinfo is None:
         raise ValueError("not a cursor this API made")
-    return position
+    return ListPosition(_in_utc(position.created_at), position.id)
+
+
+def _in_utc(instant: datetime) -> datetime:
+    """``instant`` in UTC: PostgreSQL refuses offsets beyond 15:59 that Python accepts (up to 23:59).
+
+    :raises ValueError: the instant falls outside the years datetime can hold once in UTC.
+    """
+    try:
+        return instant.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range") from None
+
+
+class _Instant(fields.AwareDateTime):
+    """An ISO 8601 instant with an offset, taken in UTC."""
+
+    def _deserialize(
+        self, value: object, attr: str | None, data: Mapping[str, Any] | None, **kwargs: object
+    ) -> datetime:
+        try:
+            return _in_utc(super()._deserialize(value, attr, data, **kwargs))
+        except ValueError:
+            raise ValidationError("Not a datetime in range.") from None
 
 
 class _Cursor(fields.Field[ListPosition]):
@@ -69,10 +92,10 @@ class OrderListQuerySchema(Schema):
 
     status = fields.String(validate=validate.OneOf([status.value for status in OrderStatus]))
     instrument = fields.String(validate=validate.Regexp(INSTRUMENT_PATTERN, error="Not an ISIN."))
-    created_after = fields.AwareDateTime(
+    created_after = _Instant(
         metadata={"description": "Orders created at or after this instant (ISO 8601 with an offset)."}
     )
-    created_before = fields.AwareDateTime(
+    created_before = _Instant(
         metadata={"description": "Orders created before this instant (ISO 8601 with an offset)."}
     )
     limit = fields.Integer(

@@ -243,6 +243,8 @@ def test_the_list_shows_each_orders_fills(client: FlaskClient, engine: sa.Engine
         ({"instrument": "us0378331005"}, "instrument"),
         ({"created_after": "2026-12-01T09:00:00"}, "created_after"),
         ({"created_before": "yesterday"}, "created_before"),
+        # In range in its own offset, before year 1 in UTC.
+        ({"created_after": "0001-01-01T00:00:00+23:00"}, "created_after"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         (
             {"cursor": encode_cursor(ListPosition(START, uuid.uuid4()))[:-3]},
@@ -270,3 +272,14 @@ def test_a_naive_cursor_is_refused(client: FlaskClient) -> None:
 
     assert response.status_code == 422
     assert "cursor" in response.get_json()["errors"]["query"]
+
+
+def test_an_offset_beyond_postgresqls_range_is_taken_in_utc(
+    client: FlaskClient, engine: sa.Engine, instrument: str
+) -> None:
+    """Python accepts offsets up to 23:59, PostgreSQL only to 15:59: schemathesis found a 500 here."""
+    response = client.get(
+        "/orders", query_string={"instrument": instrument, "created_after": "2000-01-01T00:00:00+23:33"}
+    )
+
+    assert response.status_code == 200
