@@ -10,6 +10,7 @@ minute.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import hypothesis
@@ -48,9 +49,13 @@ CHECKS = [
 
 
 @pytest.fixture
-def base_url(settings: Settings) -> Iterator[str]:
-    """The real app on this run's database and vhost; one per operation, serving all its examples."""
-    with live_api(settings) as url:
+def base_url(settings: Settings, own_database_url: str) -> Iterator[str]:
+    """The real app on this run's vhost and a database of its own; one per operation, for all its examples.
+
+    Its own database: schemathesis sends arbitrary ``Idempotency-Key`` values, and keys are
+    global, so on the run's database it would take keys other tests expect to be free.
+    """
+    with live_api(replace(settings, database_url=own_database_url)) as url:
         yield url
 
 
