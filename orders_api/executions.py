@@ -11,7 +11,6 @@ or an integer, never a float.
 from __future__ import annotations
 
 import enum
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -134,17 +133,13 @@ def average_price(filled_quantity: int, filled_notional: Decimal) -> Decimal | N
     return ExecutionState(filled_quantity=filled_quantity, filled_notional=filled_notional).average_price
 
 
-def parse_report(body: bytes) -> ExecutionReport:
-    """The report a message's body holds (one JSON object, as the ingestor publishes it).
+def report_from_fields(fields: object) -> ExecutionReport:
+    """The report one decoded JSON object holds (one element of a partition message's array).
 
-    :raises MalformedReportError: the body is not JSON, or breaks the feed's contract: a fill
-        without a positive quantity and a positive price, another kind with a quantity or a
+    :raises MalformedReportError: ``fields`` is not an object, or breaks the feed's contract: a
+        fill without a positive quantity and a positive price, another kind with a quantity or a
         price, a ``seq`` below 1, a timestamp without a time zone.
     """
-    try:
-        fields = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedReportError(f"not JSON: {error}") from None
     if not isinstance(fields, dict):
         raise MalformedReportError("not a JSON object")
     try:

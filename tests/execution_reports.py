@@ -3,12 +3,11 @@
 Each order gets a story as the feed's contract tells it (accepted, partial fills, then a fill or a
 cancel; or a rejection), with prices of 4 decimals; :func:`feed_of` then repeats and shuffles
 the reports as a real feed does, and :func:`publish_reports` hands them to the partition queues
-as the ingestor would (one report per message, confirmed).
+as the ingestor would (each partition's reports in feed order, several to a message, confirmed).
 """
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage
+from orders_api.adapters.execution_messages import encode_reports
 from orders_api.adapters.execution_queues import execution_queue_declarations, partition_of, partition_queue
 from orders_api.adapters.repository import SqlAlchemyOrderRepository
 from orders_api.domain import Order, OrderStatus, OrderType, Side
@@ -25,8 +25,10 @@ from orders_api.executions import ExecutionKind, ExecutionReport, ExecutionState
 
 #: An ISIN, as orders must name their instrument.
 INSTRUMENT = "US0378331005"
-#: Reports handed to the broker per confirmed batch.
+#: Messages handed to the broker per confirmed batch.
 PUBLISH_BATCH = 1000
+#: Reports per message: about what the ingestor puts in one partition's message under load.
+REPORTS_PER_MESSAGE = 64
 
 
 def store_orders(engine: sa.Engine, count: int, *, quantity: int = 100) -> list[Order]:
@@ -91,20 +93,18 @@ def expected_state(story: Sequence[ExecutionReport]) -> ExecutionState:
     return ExecutionState().applied_all(story)
 
 
-def report_json(report: ExecutionReport, feed_seq: int) -> bytes:
-    """The report as the ingestor publishes it: the feed's JSON object."""
-    return json.dumps(
-        {
-            "feed_seq": feed_seq,
-            "exec_id": report.exec_id,
-            "order_id": str(report.order_id),
-            "seq": report.seq,
-            "kind": report.kind.value,
-            "quantity": report.quantity,
-            "price": None if report.price is None else str(report.price),
-            "ts": report.reported_at.isoformat(),
-        }
-    ).encode()
+def report_fields(report: ExecutionReport, feed_seq: int) -> dict[str, object]:
+    """The report as the feed sends it and the ingestor publishes it: the feed's JSON object."""
+    return {
+        "feed_seq": feed_seq,
+        "exec_id": report.exec_id,
+        "order_id": str(report.order_id),
+        "seq": report.seq,
+        "kind": report.kind.value,
+        "quantity": report.quantity,
+        "price": None if report.price is None else str(report.price),
+        "ts": report.reported_at.isoformat(),
+    }
 
 
 def publish_reports(
@@ -115,14 +115,22 @@ def publish_reports(
     *,
     extra: Sequence[OutgoingMessage] = (),
 ) -> None:
-    """Publish ``reports`` (and ``extra`` raw messages) to the partition queues, each confirmed."""
+    """Publish ``reports`` (and ``extra`` raw messages) to the partition queues, each confirmed.
+
+    Each partition's reports go in feed order, :data:`REPORTS_PER_MESSAGE` to a message.
+    """
+    by_partition: dict[int, list[dict[str, object]]] = {}
+    for feed_seq, report in enumerate(reports, start=1):
+        partition = partition_of(report.order_id, partitions)
+        by_partition.setdefault(partition, []).append(report_fields(report, feed_seq))
     messages = [
         OutgoingMessage(
-            partition_queue(prefix, partition_of(report.order_id, partitions)),
-            report_json(report, feed_seq),
-            report.exec_id,
+            partition_queue(prefix, partition),
+            encode_reports(fields[start : start + REPORTS_PER_MESSAGE]),
+            f"test-{partition}-{start}",
         )
-        for feed_seq, report in enumerate(reports, start=1)
+        for partition, fields in by_partition.items()
+        for start in range(0, len(fields), REPORTS_PER_MESSAGE)
     ]
     messages += extra
     publisher = ConfirmedPublisher(

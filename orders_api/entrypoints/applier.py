@@ -1,9 +1,11 @@
 """``orders-applier``: applies the exchange's execution reports from the partition queues to PostgreSQL.
 
 A dedicated pika consumer rather than a Dramatiq actor: Dramatiq hands an actor one message at a
-time and acks each once its actor returns, so each report would cost a transaction of its own
-(a COMMIT and its WAL flush per report). Here one process consumes every partition queue on one
-channel, gathers the deliveries of up to :data:`BATCH_MAX` reports or :data:`BATCH_WINDOW_S`,
+time and acks each once its actor returns, so each message would cost a transaction of its own
+(a COMMIT and its WAL flush). Here one process consumes every partition queue on one channel
+(each message holds a partition's share of one of the ingestor's runs,
+:mod:`orders_api.adapters.execution_messages`), gathers deliveries until they hold
+:data:`BATCH_MAX` reports or :data:`BATCH_WINDOW_S` has passed,
 applies them in one transaction (:func:`orders_api.adapters.execution_ledger.apply_reports`)
 and only after its COMMIT acks them all with one ``basic.ack(multiple=True)`` up to the last
 delivery tag. A crash before the ack gets the whole batch redelivered, and the ledger
@@ -11,7 +13,7 @@ delivery tag. A crash before the ack gets the whole batch redelivered, and the l
 
 Choices, and why:
 
-- A malformed report is logged (whole body) and acked: it can never become valid, and
+- A malformed message or report is logged (whole) and acked: it can never become valid, and
   requeueing it would block its partition (one active consumer) forever; the partition
   queues' arguments are the shared contract, so they carry no dead-letter exchange.
 - A report for an unknown order is logged and acked too. A worker places an order on the
@@ -53,6 +55,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from orders_api.adapters.database import create_engine
 from orders_api.adapters.execution_ledger import apply_reports
+from orders_api.adapters.execution_messages import MalformedMessageError, decode_reports
 from orders_api.adapters.execution_queues import (
     DEFAULT_EXECUTION_PARTITIONS,
     DEFAULT_EXECUTION_QUEUE_PREFIX,
@@ -62,18 +65,20 @@ from orders_api.adapters.execution_queues import (
 from orders_api.adapters.rabbitmq_nodes import connection_name, connection_parameters
 from orders_api.config import Settings
 from orders_api.entrypoints.heartbeat import heartbeat_is_fresh
-from orders_api.executions import ExecutionReport, MalformedReportError, parse_report
+from orders_api.executions import ExecutionReport, MalformedReportError, report_from_fields
 from orders_api.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
 
-#: Reports applied in one transaction at most (more may come if one read delivers more).
+#: Reports applied in one transaction: a batch is closed once its deliveries hold this many
+#: (a single delivery holding more is applied whole).
 BATCH_MAX = 500
 #: Seconds a batch waits for more reports after its first before it is applied.
 BATCH_WINDOW_S = 0.02
-#: Unacked deliveries each partition's consumer may hold: enough for a full batch to arrive
-#: from one busy partition while the previous batch commits.
-PREFETCH_PER_QUEUE = 2 * BATCH_MAX
+#: Unacked messages each partition's consumer may hold: the ingestor publishes about one per
+#: partition every ``INGEST_BATCH_WAIT_MS``, so this lets several arrive while a batch commits,
+#: yet bounds memory (a message holds up to ``INGEST_BATCH`` reports).
+PREFETCH_PER_QUEUE = 32
 #: Longest pause between two tries of a batch the database refused.
 MAX_RETRY_DELAY_S = 5.0
 #: Seconds of the RabbitMQ heartbeat; a batch never blocks the connection that long.
@@ -108,7 +113,8 @@ class ApplierSettings:
 @dataclass
 class _Delivery:
     tag: int
-    body: bytes
+    #: The message's well-formed reports (none if it held none).
+    reports: list[ExecutionReport]
 
 
 class Applier:
@@ -120,6 +126,8 @@ class Applier:
         self._engine = engine
         self._stopping = False
         self._pending: list[_Delivery] = []
+        #: Reports the pending deliveries hold.
+        self._pending_reports = 0
         self._first_at = 0.0
         #: Reports newly applied since the process started, for the log and the tests.
         self.applied = 0
@@ -135,6 +143,7 @@ class Applier:
                 self._consume()
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as error:
                 self._pending.clear()  # the broker requeues whatever was not acked
+                self._pending_reports = 0
                 logger.warning("lost RabbitMQ, reconnecting", extra={"error": str(error)})
                 time.sleep(1.0)
 
@@ -161,7 +170,7 @@ class Applier:
                 wait = BATCH_WINDOW_S - (time.monotonic() - self._first_at) if self._pending else 0.5
                 connection.process_data_events(time_limit=max(0.0, wait))
                 if self._pending and (
-                    len(self._pending) >= BATCH_MAX or time.monotonic() - self._first_at >= BATCH_WINDOW_S
+                    self._pending_reports >= BATCH_MAX or time.monotonic() - self._first_at >= BATCH_WINDOW_S
                 ):
                     self._apply_and_ack(connection, channel)
             while self._pending:
@@ -179,18 +188,25 @@ class Applier:
     ) -> None:
         if not self._pending:
             self._first_at = time.monotonic()
-        self._pending.append(_Delivery(method.delivery_tag, body))
+        reports = _parse_message(body)
+        self._pending.append(_Delivery(method.delivery_tag, reports))
+        self._pending_reports += len(reports)
 
     def _apply_and_ack(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> None:
-        """Apply the oldest :data:`BATCH_MAX` pending deliveries in one transaction, then ack them.
+        """Apply the oldest pending deliveries, up to :data:`BATCH_MAX` reports, in one transaction; ack them.
 
         The transaction is retried until it commits. One ``multiple`` ack up to the batch's last
         tag acks exactly the batch: the channel delivers tags in increasing order and every
         earlier tag was in an earlier batch, acked already.
         """
-        batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
+        taken, held = 1, len(self._pending[0].reports)
+        while taken < len(self._pending) and held + len(self._pending[taken].reports) <= BATCH_MAX:
+            held += len(self._pending[taken].reports)
+            taken += 1
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        self._pending_reports -= held
         # What stays was delivered while this batch waited: it is due with the next batch.
-        reports = _parse_all(batch)
+        reports = [report for delivery in batch for report in delivery.reports]
         delay = 0.1
         while True:
             try:
@@ -221,17 +237,22 @@ class Applier:
             logger.warning("cannot touch the heartbeat file", extra={"error": str(error)})
 
 
-def _parse_all(batch: Sequence[_Delivery]) -> list[ExecutionReport]:
-    """The batch's well-formed reports; each malformed one is logged whole, to be acked with the rest."""
+def _parse_message(body: bytes) -> list[ExecutionReport]:
+    """A message's well-formed reports; what is malformed is logged whole, to be acked with the rest."""
+    try:
+        items = decode_reports(body)
+    except MalformedMessageError as error:
+        logger.error(
+            "malformed execution message, dropped",
+            extra={"error": str(error), "body": body.decode("utf-8", "replace")},
+        )
+        return []
     reports = []
-    for delivery in batch:
+    for item in items:
         try:
-            reports.append(parse_report(delivery.body))
+            reports.append(report_from_fields(item))
         except MalformedReportError as error:
-            logger.error(
-                "malformed execution report, dropped",
-                extra={"error": str(error), "body": delivery.body.decode("utf-8", "replace")},
-            )
+            logger.error("malformed execution report, dropped", extra={"error": str(error), "report": item})
     return reports
 
 

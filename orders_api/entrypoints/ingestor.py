@@ -7,7 +7,8 @@ One process, one asyncio loop, three tasks:
   :class:`~orders_api.service_layer.ingest.FeedSequencer`, which drops repeats and holds
   reports that arrive early;
 - the *publisher* takes the next contiguous run of reports (up to ``INGEST_BATCH`` of them, or
-  what came within ``INGEST_BATCH_WAIT_MS``), publishes it to the partition queues with
+  what came within ``INGEST_BATCH_WAIT_MS``), publishes it to the partition queues as one
+  message per partition (:mod:`orders_api.adapters.execution_messages`) with
   :meth:`ConfirmedPublisher.publish_all` in a thread, and only once every confirm is in moves
   the resume point past it; a failed run (nack, broker down) is published again, whole and in
   the same order, after a backoff, so a later report of an order never overtakes an earlier one;
@@ -34,12 +35,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import websockets
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage, PublishError
 from orders_api.adapters.database import create_engine
+from orders_api.adapters.execution_messages import encode_reports
 from orders_api.adapters.execution_queues import (
     DEFAULT_EXECUTION_PARTITIONS,
     DEFAULT_EXECUTION_QUEUE_PREFIX,
@@ -252,7 +254,7 @@ class Ingestor:
             await self._publish_until_confirmed(run, stop)
 
     async def _publish_until_confirmed(self, run: Taken[FeedReport], stop: asyncio.Event) -> None:
-        messages = [self._message(report) for report in run.reports]
+        messages = self._messages(run)
         attempt = 0
         while True:
             try:
@@ -277,16 +279,23 @@ class Ingestor:
                 attempt += 1
                 continue
             self._sequencer.confirmed(run)
-            self.published += len(messages)
+            self.published += len(run.reports)
             return
 
-    def _message(self, report: FeedReport) -> OutgoingMessage:
-        partition = partition_of(report.order_id, self._settings.partitions)
-        return OutgoingMessage(
-            routing_key=partition_queue(self._settings.queue_prefix, partition),
-            body=report.body,
-            message_id=report.exec_id,
-        )
+    def _messages(self, run: Taken[FeedReport]) -> list[OutgoingMessage]:
+        """One message per partition the run touches, holding that partition's reports in feed order."""
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for report in run.reports:
+            partition = partition_of(report.order_id, self._settings.partitions)
+            by_partition.setdefault(partition, []).append(report.fields)
+        return [
+            OutgoingMessage(
+                routing_key=partition_queue(self._settings.queue_prefix, partition),
+                body=encode_reports(fields),
+                message_id=f"feed-{run.first}-{run.last}.{partition}",
+            )
+            for partition, fields in sorted(by_partition.items())
+        ]
 
     def _beat(self) -> None:
         path = self._settings.heartbeat_file

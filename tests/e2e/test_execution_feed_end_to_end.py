@@ -9,6 +9,7 @@ once, and every order's execution state equals a straight replay of its reports 
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import uuid
@@ -23,7 +24,7 @@ from orders_api.adapters.database import create_engine
 from orders_api.adapters.execution_queues import execution_queue_declarations
 from orders_api.config import Settings
 from orders_api.exchange_feed.durable_log import LOG_FILE
-from orders_api.executions import ExecutionReport, ExecutionState, parse_report
+from orders_api.executions import ExecutionReport, ExecutionState, report_from_fields
 from tests.e2e.processes import (
     BIN,
     ProcessOptions,
@@ -84,7 +85,7 @@ def logged_reports(state_dir: Path) -> list[ExecutionReport]:
     reports = []
     for line in (state_dir / LOG_FILE).read_text().splitlines():
         if '"feed_seq"' in line:
-            reports.append(parse_report(line.encode()))
+            reports.append(report_from_fields(json.loads(line)))
     return reports
 
 

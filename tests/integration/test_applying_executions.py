@@ -7,6 +7,7 @@ story leaves it, and the ledger must hold each report once.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 
 from orders_api.adapters.confirmed_publisher import OutgoingMessage, QueueDeclaration
 from orders_api.adapters.database import create_engine
+from orders_api.adapters.execution_messages import encode_reports
 from orders_api.adapters.execution_queues import execution_queue_declarations, partition_queue
 from orders_api.config import Settings
 from orders_api.entrypoints.applier import Applier, ApplierSettings
@@ -32,6 +34,7 @@ from tests.execution_reports import (
     expected_state,
     feed_of,
     publish_reports,
+    report_fields,
     store_orders,
     stored_exec_ids,
     stored_states,
@@ -87,21 +90,31 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
     plain_settings: Settings, applier_settings: ApplierSettings, engine: sa.Engine, rabbit: RabbitAdmin
 ) -> None:
     rng = random.Random(11)
-    orders = store_orders(engine, 60)
+    orders = store_orders(engine, 62)
     stories = [story_of(order, rng) for order in orders]
-    feed = feed_of(stories, rng, repeats=0.3)
+    # The last two orders' reports travel outside the feed: one as a single-object message (as
+    # queued before the ingestor batched), one beside a malformed report in the same array.
+    feed = feed_of(stories[:-2], rng, repeats=0.3)
     stranger = ExecutionReport(
         "stranger", uuid.uuid4(), 1, stories[0][0].kind, 0, None, stories[0][0].reported_at
     )
-    garbage = OutgoingMessage(
-        partition_queue(applier_settings.queue_prefix, 0), b'{"kind": "fill"', "garbage"
+    queue = partition_queue(applier_settings.queue_prefix, 0)
+    garbage = OutgoingMessage(queue, b'{"kind": "fill"', "garbage")
+    single = [
+        OutgoingMessage(queue, json.dumps(report_fields(report, 0)).encode(), report.exec_id)
+        for report in stories[-2]
+    ]
+    beside_malformed = OutgoingMessage(
+        queue,
+        encode_reports([{"kind": "fill"}, *(report_fields(report, 0) for report in stories[-1])]),
+        "beside-malformed",
     )
     publish_reports(
         plain_settings.rabbitmq_url,
         applier_settings.queue_prefix,
         PARTITIONS,
         [*feed, stranger],
-        extra=[garbage],
+        extra=[garbage, *single, beside_malformed],
     )
     applier = Applier(plain_settings, applier_settings, engine)
     thread = threading.Thread(target=applier.run)
@@ -123,7 +136,7 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
         order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
     }
     assert applier.applied == distinct
-    # The repeats, the report about no order of ours and the malformed one were all acked.
+    # The repeats, the report about no order of ours and the malformed ones were all acked.
     wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
     assert applier_settings.heartbeat_file.exists()
 

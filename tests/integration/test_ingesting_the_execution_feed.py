@@ -7,7 +7,6 @@ deletes the queues afterwards.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -27,6 +26,7 @@ import sqlalchemy as sa
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage
 from orders_api.adapters.database import create_engine
+from orders_api.adapters.execution_messages import decode_reports
 from orders_api.adapters.execution_queues import (
     execution_queue_declarations,
     partition_of,
@@ -80,10 +80,22 @@ class RecordingPublisher:
     def __init__(self, publisher: ConfirmedPublisher) -> None:
         self._publisher = publisher
         self.confirmed: set[int] = set()
+        #: Messages confirmed: several reports travel in one.
+        self.messages = 0
 
     def publish_all(self, messages: Sequence[OutgoingMessage]) -> None:
         self._publisher.publish_all(messages)
-        self.confirmed.update(json.loads(message.body)["feed_seq"] for message in messages)
+        self.confirmed.update(report["feed_seq"] for message in messages for report in reports_of(message))
+        self.messages += len(messages)
+
+
+def reports_of(message: OutgoingMessage | bytes) -> list[dict[str, Any]]:
+    """The report objects a partition message holds."""
+    reports = []
+    for report in decode_reports(message.body if isinstance(message, OutgoingMessage) else message):
+        assert isinstance(report, dict), report
+        reports.append(report)
+    return reports
 
 
 @contextmanager
@@ -119,7 +131,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
 
 
 def drain(rabbitmq_url: str, prefix: str, partitions: int) -> dict[int, list[dict[str, Any]]]:
-    """Every message in each partition queue, in queue order.
+    """Every report in each partition queue, in queue order (a message holds several).
 
     Consumed, since a quorum queue with a single active consumer refuses ``basic.get``.
     """
@@ -135,7 +147,7 @@ def drain(rabbitmq_url: str, prefix: str, partitions: int) -> dict[int, list[dic
             ):
                 if method is None:
                     break
-                bodies.append(json.loads(body))
+                bodies.extend(reports_of(body))
                 channel.basic_ack(method.delivery_tag)
             channel.cancel()
             drained[partition] = bodies
@@ -179,13 +191,14 @@ def test_every_report_reaches_its_partition_once_in_order_despite_repeats_reorde
     reports = make_reports(400)
     faults = Faults(frame_size=40, repeat=0.1, shuffle_window=3, skip=0.005, drop_after_frames=5)
     with FeedServer(reports, faults) as feed:
-        ingestor, _recording, cursor, publisher = make_ingestor(feed, rabbitmq_url, engine, queue_prefix, 4)
+        ingestor, recording, cursor, publisher = make_ingestor(feed, rabbitmq_url, engine, queue_prefix, 4)
         try:
             with running(ingestor):
                 wait_until(lambda: cursor.load() == len(reports), 60, "the resume point to reach the end")
         finally:
             publisher.close()
         assert feed.connections > 3
+    assert recording.messages < len(reports) / 2, "a partition's reports of one run share a message"
     assert cursor.violations == []
     drained = drain(rabbitmq_url, queue_prefix, 4)
     for partition, bodies in drained.items():
