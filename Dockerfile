@@ -63,7 +63,8 @@ WORKDIR /app
 USER 10001:10001
 
 # 8000: the API and its /metrics. 9191: the workers' Prometheus exporter (Dramatiq's middleware).
-EXPOSE 8000 9191
+# 9192, 9193: the ingestor's and the applier's metrics.
+EXPOSE 8000 9191 9192 9193
 
 # No HEALTHCHECK: the probes differ by role (HTTP for the API, `python -m workers.liveness` for
 # the workers, none for one-shot jobs); Compose and Kubernetes declare them per service.

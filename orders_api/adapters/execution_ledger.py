@@ -103,9 +103,14 @@ _UPDATE_STATES: Final = (
 class AppliedBatch:
     """What one batch did: reports newly applied, repeats, and reports whose order is unknown."""
 
-    applied: int
+    new: list[ExecutionReport]
     repeated: int
     unknown_order: list[ExecutionReport] = field(default_factory=list)
+
+    @property
+    def applied(self) -> int:
+        """How many reports the batch applied for the first time."""
+        return len(self.new)
 
 
 def apply_reports(connection: sa.Connection, reports: Sequence[ExecutionReport]) -> AppliedBatch:
@@ -127,7 +132,7 @@ def apply_reports(connection: sa.Connection, reports: Sequence[ExecutionReport])
     unknown = [report for report in reports if report.order_id not in states]
     distinct = list({report.exec_id: report for report in reports if report.order_id in states}.values())
     if not distinct:
-        return AppliedBatch(applied=0, repeated=len(reports) - len(unknown), unknown_order=unknown)
+        return AppliedBatch(new=[], repeated=len(reports) - len(unknown), unknown_order=unknown)
     inserted = set(connection.execute(_INSERT_NEW, _columns(distinct)).scalars())
     new = [report for report in distinct if report.exec_id in inserted]
     changed: dict[uuid.UUID, ExecutionState] = {}
@@ -135,9 +140,7 @@ def apply_reports(connection: sa.Connection, reports: Sequence[ExecutionReport])
         changed[report.order_id] = changed.get(report.order_id, states[report.order_id]).applied(report)
     if changed:
         connection.execute(_UPDATE_STATES, _state_columns(changed))
-    return AppliedBatch(
-        applied=len(new), repeated=len(reports) - len(unknown) - len(new), unknown_order=unknown
-    )
+    return AppliedBatch(new=new, repeated=len(reports) - len(unknown) - len(new), unknown_order=unknown)
 
 
 def _columns(reports: Sequence[ExecutionReport]) -> dict[str, list[object]]:

@@ -28,7 +28,9 @@ Liveness for Kubernetes is a heartbeat file (``APPLIER_HEARTBEAT_FILE``), touche
 consuming loop itself whenever it goes round (and between tries of a batch the database
 refused, which a restart would not cure), so a stuck loop stops touching it;
 ``orders-applier --check`` fails once it is older than ``--max-age``. A file rather than an
-HTTP ``/healthz``, since the process serves nothing else over HTTP, like the workers.
+HTTP ``/healthz``, as the workers do: the HTTP port it has serves metrics
+(``APPLIER_METRICS_PORT``, 9193: reports by outcome, batches, the lag from report to commit), and
+a probe there would only prove that prometheus_client's thread answers.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -54,7 +57,7 @@ import sqlalchemy as sa
 from pika.adapters.blocking_connection import BlockingChannel
 
 from orders_api.adapters.database import create_engine
-from orders_api.adapters.execution_ledger import apply_reports
+from orders_api.adapters.execution_ledger import AppliedBatch, apply_reports
 from orders_api.adapters.execution_messages import MalformedMessageError, decode_reports
 from orders_api.adapters.execution_queues import (
     DEFAULT_EXECUTION_PARTITIONS,
@@ -64,6 +67,8 @@ from orders_api.adapters.execution_queues import (
 )
 from orders_api.adapters.rabbitmq_nodes import connection_name, connection_parameters
 from orders_api.config import Settings
+from orders_api.entrypoints.execution_metrics import DEFAULT_METRICS_HOST, ApplierMetrics
+from orders_api.entrypoints.execution_metrics import serve as serve_metrics
 from orders_api.entrypoints.heartbeat import heartbeat_is_fresh
 from orders_api.executions import ExecutionReport, MalformedReportError, report_from_fields
 from orders_api.logging_setup import configure_logging
@@ -96,10 +101,13 @@ class ApplierSettings:
     heartbeat_file: Path = field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "orders-applier.heartbeat"
     )
+    #: Where the metrics are served (:mod:`orders_api.entrypoints.execution_metrics`); port 0: nowhere.
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int = 9193
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ApplierSettings:
-        """Read ``EXECUTION_QUEUE_PREFIX``, ``EXECUTION_PARTITIONS``, ``APPLIER_HEARTBEAT_FILE``."""
+        """Read ``EXECUTION_*`` (queues, partitions, metrics host) and ``APPLIER_*``."""
         env = os.environ if environ is None else environ
         defaults = cls()
         queue_prefix, partitions = execution_queues_from_env(env)
@@ -107,6 +115,8 @@ class ApplierSettings:
             queue_prefix=queue_prefix,
             partitions=partitions,
             heartbeat_file=Path(env.get("APPLIER_HEARTBEAT_FILE", str(defaults.heartbeat_file))),
+            metrics_host=env.get("EXECUTION_METRICS_HOST", defaults.metrics_host),
+            metrics_port=int(env.get("APPLIER_METRICS_PORT", str(defaults.metrics_port))),
         )
 
 
@@ -120,10 +130,17 @@ class _Delivery:
 class Applier:
     """Consumes the partition queues and applies their reports in batches until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, applier_settings: ApplierSettings, engine: sa.Engine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        applier_settings: ApplierSettings,
+        engine: sa.Engine,
+        metrics: ApplierMetrics | None = None,
+    ) -> None:
         self._settings = settings
         self._applier_settings = applier_settings
         self._engine = engine
+        self._metrics = metrics or ApplierMetrics()
         self._stopping = False
         self._pending: list[_Delivery] = []
         #: Reports the pending deliveries hold.
@@ -188,7 +205,9 @@ class Applier:
     ) -> None:
         if not self._pending:
             self._first_at = time.monotonic()
-        reports = _parse_message(body)
+        reports, malformed = _parse_message(body)
+        if malformed:
+            self._metrics.reports.labels("malformed").inc(malformed)
         self._pending.append(_Delivery(method.delivery_tag, reports))
         self._pending_reports += len(reports)
 
@@ -214,6 +233,7 @@ class Applier:
                     outcome = apply_reports(db, reports)
                 break
             except sa.exc.SQLAlchemyError as error:
+                self._metrics.batch_failures.inc()
                 logger.warning(
                     "applying a batch failed, retrying", extra={"error": str(error), "reports": len(reports)}
                 )
@@ -227,8 +247,18 @@ class Applier:
                 extra={"exec_id": report.exec_id, "order_id": str(report.order_id)},
             )
         channel.basic_ack(batch[-1].tag, multiple=True)
+        self._observe(outcome, len(reports))
         self.applied += outcome.applied
         logger.debug("batch applied", extra={"applied": outcome.applied, "repeated": outcome.repeated})
+
+    def _observe(self, outcome: AppliedBatch, reports: int) -> None:
+        committed_at = datetime.now(UTC)
+        for report in outcome.new:
+            self._metrics.lag.observe(max(0.0, (committed_at - report.reported_at).total_seconds()))
+        self._metrics.reports.labels("applied").inc(outcome.applied)
+        self._metrics.reports.labels("repeated").inc(outcome.repeated)
+        self._metrics.reports.labels("unknown_order").inc(len(outcome.unknown_order))
+        self._metrics.batch_size.observe(reports)
 
     def _touch_heartbeat(self) -> None:
         try:
@@ -237,8 +267,11 @@ class Applier:
             logger.warning("cannot touch the heartbeat file", extra={"error": str(error)})
 
 
-def _parse_message(body: bytes) -> list[ExecutionReport]:
-    """A message's well-formed reports; what is malformed is logged whole, to be acked with the rest."""
+def _parse_message(body: bytes) -> tuple[list[ExecutionReport], int]:
+    """A message's well-formed reports, and how many malformed ones (or bodies) it held.
+
+    What is malformed is logged whole, to be acked with the rest.
+    """
     try:
         items = decode_reports(body)
     except MalformedMessageError as error:
@@ -246,14 +279,14 @@ def _parse_message(body: bytes) -> list[ExecutionReport]:
             "malformed execution message, dropped",
             extra={"error": str(error), "body": body.decode("utf-8", "replace")},
         )
-        return []
+        return [], 1
     reports = []
     for item in items:
         try:
             reports.append(report_from_fields(item))
         except MalformedReportError as error:
             logger.error("malformed execution report, dropped", extra={"error": str(error), "report": item})
-    return reports
+    return reports, len(items) - len(reports)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -268,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging()
     settings = Settings.from_env()
     engine = create_engine(settings, pool_size=1, application_name="orders-applier")
-    applier = Applier(settings, applier_settings, engine)
+    metrics = ApplierMetrics()
+    serve_metrics(metrics.registry, applier_settings.metrics_host, applier_settings.metrics_port)
+    applier = Applier(settings, applier_settings, engine, metrics)
     handler = functools.partial(_stop_on_signal, applier)
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

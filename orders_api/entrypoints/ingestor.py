@@ -16,7 +16,8 @@ One process, one asyncio loop, three tasks:
 
 Liveness: the publisher touches ``INGESTOR_HEARTBEAT_FILE`` at least every second while its
 loop turns (also while it backs off from a broker that is down: the process is alive; restarting
-it would not help). A Kubernetes exec probe checks the file's age.
+it would not help). A Kubernetes exec probe checks the file's age. Metrics (the connection, the
+resume point, reports received and published) on ``INGESTOR_METRICS_PORT`` (9192).
 
 SIGTERM or SIGINT: stop reading, let the run in flight be confirmed (one more attempt if it
 fails), store the resume point, exit 0.
@@ -60,6 +61,8 @@ from orders_api.adapters.feed_client import (
 )
 from orders_api.adapters.feed_cursor import FeedCursor
 from orders_api.config import Settings
+from orders_api.entrypoints.execution_metrics import DEFAULT_METRICS_HOST, IngestorMetrics
+from orders_api.entrypoints.execution_metrics import serve as serve_metrics
 from orders_api.entrypoints.heartbeat import heartbeat_is_fresh
 from orders_api.logging_setup import configure_logging
 from orders_api.service_layer.ingest import FeedSequencer, Taken, full_jitter_backoff
@@ -98,10 +101,13 @@ class IngestorSettings:
     max_held: int = 50_000
     #: Touched about every second while the publisher loop runs; ``orders-ingestor --check`` reads it.
     heartbeat_file: str = str(Path(tempfile.gettempdir()) / "orders-ingestor.heartbeat")
+    #: Where the metrics are served (:mod:`orders_api.entrypoints.execution_metrics`); port 0: nowhere.
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int = 9192
 
     @classmethod
     def from_env(cls) -> IngestorSettings:
-        """Settings from ``FEED_URL``, ``EXECUTION_QUEUE_PREFIX``, ``EXECUTION_PARTITIONS``, ``INGEST_*``."""
+        """Settings from ``FEED_URL``, ``EXECUTION_*``, ``INGEST_*``, ``INGESTOR_*``."""
         env = os.environ
         defaults = cls()
         queue_prefix, partitions = execution_queues_from_env(env)
@@ -113,6 +119,8 @@ class IngestorSettings:
             batch_wait_s=float(env.get("INGEST_BATCH_WAIT_MS", defaults.batch_wait_s * 1000)) / 1000,
             cursor_save_s=float(env.get("INGEST_CURSOR_SAVE_MS", defaults.cursor_save_s * 1000)) / 1000,
             heartbeat_file=env.get("INGESTOR_HEARTBEAT_FILE", defaults.heartbeat_file),
+            metrics_host=env.get("EXECUTION_METRICS_HOST", defaults.metrics_host),
+            metrics_port=int(env.get("INGESTOR_METRICS_PORT", defaults.metrics_port)),
         )
 
 
@@ -137,11 +145,16 @@ class Ingestor:
     """Follows the feed and publishes its reports, confirmed and in order, to the partition queues."""
 
     def __init__(
-        self, settings: IngestorSettings, publisher: BatchPublisher, cursor: ResumePointStore
+        self,
+        settings: IngestorSettings,
+        publisher: BatchPublisher,
+        cursor: ResumePointStore,
+        metrics: IngestorMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
         self._cursor = cursor
+        self._metrics = metrics or IngestorMetrics()
         self._sequencer: FeedSequencer[FeedReport] = FeedSequencer(0)
         self._something_ready = asyncio.Event()
         self._batch_full = asyncio.Event()
@@ -159,6 +172,7 @@ class Ingestor:
         """Ingest until ``stop`` is set, then finish the run in flight and store the resume point."""
         start = await asyncio.to_thread(self._cursor.load)
         self._sequencer = FeedSequencer(start)
+        self._metrics.resume_point.set(start)
         logger.info("ingestor starting from feed_seq %d", start, extra={"feed_seq": start})
         reader = asyncio.create_task(self._read(), name="feed-reader")
         saver = asyncio.create_task(self._save_periodically(), name="cursor-saver")
@@ -189,6 +203,7 @@ class Ingestor:
             received = 0
             try:
                 async with connect_feed(url, open_timeout_s=5.0) as connection:
+                    self._metrics.connected.set(1)
                     logger.info(
                         "feed connected, resuming after feed_seq %d",
                         self._sequencer.watermark,
@@ -198,6 +213,9 @@ class Ingestor:
                     logger.info("feed asked to reconnect: a gap in feed_seq did not fill")
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as error:
                 logger.warning("feed disconnected: %s", error, extra={"feed_url": url})
+            finally:
+                self._metrics.connected.set(0)
+            self._metrics.disconnects.inc()
             attempt = 0 if received else attempt + 1
             await asyncio.sleep(
                 full_jitter_backoff(
@@ -226,6 +244,8 @@ class Ingestor:
                 for report in reports:
                     self._sequencer.offer(report.feed_seq, report)
                 received += len(reports)
+                self._metrics.received.inc(len(reports))
+                self._metrics.held.set(self._sequencer.held)
                 if self._sequencer.ready():
                     self._something_ready.set()
             if self._sequencer.has_gap():
@@ -261,6 +281,7 @@ class Ingestor:
                 await asyncio.to_thread(self._publisher.publish_all, messages)
             except PublishError as error:
                 self.failed_publishes += 1
+                self._metrics.publish_failures.inc()
                 logger.warning(
                     "publishing feed_seq %d..%d failed, will retry: %s",
                     run.first,
@@ -280,6 +301,9 @@ class Ingestor:
                 continue
             self._sequencer.confirmed(run)
             self.published += len(run.reports)
+            self._metrics.published.inc(len(run.reports))
+            self._metrics.resume_point.set(run.last)
+            self._metrics.held.set(self._sequencer.held)
             return
 
     def _messages(self, run: Taken[FeedReport]) -> list[OutgoingMessage]:
@@ -342,8 +366,10 @@ async def ingest(settings: Settings, ingestor_settings: IngestorSettings, stop: 
         confirm_timeout_s=max(settings.confirm_timeout_s, 5.0),
         connection_role="orders-ingestor",
     )
+    metrics = IngestorMetrics()
+    serve_metrics(metrics.registry, ingestor_settings.metrics_host, ingestor_settings.metrics_port)
     try:
-        await Ingestor(ingestor_settings, publisher, FeedCursor(engine)).run(stop)
+        await Ingestor(ingestor_settings, publisher, FeedCursor(engine), metrics).run(stop)
     finally:
         publisher.close()
         engine.dispose()

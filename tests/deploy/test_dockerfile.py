@@ -120,7 +120,8 @@ def test_image_has_the_venv_on_path_and_listens_on_every_interface(image: Stage)
     assert env["BIND"] == "0.0.0.0:8000"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert image.last("WORKDIR").value == ("/app",)
-    assert sorted(port for expose in image.all("EXPOSE") for port in expose.value) == ["8000", "9191"]
+    exposed = sorted(port for expose in image.all("EXPOSE") for port in expose.value)
+    assert exposed == ["8000", "9191", "9192", "9193"]
 
 
 def test_image_takes_only_the_venv_from_the_build_and_compiles_nothing(

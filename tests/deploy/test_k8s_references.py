@@ -194,8 +194,11 @@ def test_the_api_takes_requests_from_other_namespaces_on_its_services_port() -> 
         (BROKER_PODS, 5672),
         (BROKER_PODS, 15672),
         (BROKER_PODS, 25672),
+        # The metrics ports: Prometheus only (below), nothing else in the cluster.
         (_workload("orders-workers").labels, 9191),
-        # The feed's processes listen on nothing; the default deny must keep any port shut.
+        (_workload("orders-ingestor").labels, 9192),
+        (_workload("orders-applier").labels, 9193),
+        # The feed's processes serve nothing else; the default deny must keep any other port shut.
         (_workload("orders-ingestor").labels, 8000),
         (_workload("orders-applier").labels, 8000),
     ],
@@ -207,6 +210,49 @@ def test_nothing_outside_the_service_reaches_the_database_the_broker_or_the_serv
     """Catches a policy opening PostgreSQL, RabbitMQ, the workers or the feed's pods to the cluster."""
     assert not ingress_allowed(MANIFESTS, to=target, port=port, source={}, source_namespace="elsewhere")
     assert not ingress_allowed(MANIFESTS, to=target, port=port, source={"app": "intruder"})
+
+
+#: Where Prometheus runs, as the NetworkPolicies expect it (kube-prometheus-stack's usual namespace).
+PROMETHEUS_NAMESPACE = "monitoring"
+
+
+def _scrape_annotations(workload: Workload) -> dict[str, str]:
+    annotations: dict[str, str] = workload.template.get("metadata", {}).get("annotations", {})
+    return annotations
+
+
+SCRAPED = [
+    workload for workload in WORKLOADS if _scrape_annotations(workload).get("prometheus.io/scrape") == "true"
+]
+
+
+def test_the_workers_and_the_feeds_processes_are_scraped() -> None:
+    """Catches a role's metrics left out of the scrape by a lost annotation."""
+    assert {workload.manifest.name for workload in SCRAPED} >= {
+        "orders-api",
+        "orders-workers",
+        "orders-ingestor",
+        "orders-applier",
+    }
+
+
+@pytest.mark.parametrize("workload", SCRAPED, ids=str)
+def test_prometheus_reaches_the_port_each_pod_is_scraped_on(workload: Workload) -> None:
+    """Catches a scrape annotation naming a port the pod does not declare, or one the default deny
+    keeps Prometheus away from (the workers' metrics were unreachable on a cluster until both
+    were checked)."""
+    port = int(_scrape_annotations(workload)["prometheus.io/port"])
+    ports = _named_ports(workload)
+
+    assert port in ports.values(), f"{workload} declares no port {port}"
+    assert ingress_allowed(
+        MANIFESTS,
+        to=workload.labels,
+        port=port,
+        source={"app.kubernetes.io/name": "prometheus"},
+        source_namespace=PROMETHEUS_NAMESPACE,
+        named_ports=ports,
+    )
 
 
 @pytest.mark.parametrize(

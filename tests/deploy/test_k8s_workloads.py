@@ -217,6 +217,24 @@ def test_the_workers_probe_their_heartbeat_with_the_contracts_command() -> None:
     assert literal_env(container, MAPS).get("dramatiq_prom_port") == "9191"
 
 
+@pytest.mark.parametrize(
+    ("command", "variable", "port"),
+    [(INGESTOR_COMMAND, "INGESTOR_METRICS_PORT", 9192), (APPLIER_COMMAND, "APPLIER_METRICS_PORT", 9193)],
+    ids=["ingestor", "applier"],
+)
+def test_the_feeds_processes_serve_metrics_on_the_port_they_declare_beyond_loopback(
+    command: list[str], variable: str, port: int
+) -> None:
+    """Catches the ingestor or an applier serving metrics on another port than the one declared
+    and scraped, or on the pod's loopback, where no scrape reaches them."""
+    _, container = _one(command)
+    env = literal_env(container, MAPS)
+
+    assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    assert env.get(variable) == str(port)
+    assert env.get("EXECUTION_METRICS_HOST") == "0.0.0.0"
+
+
 def test_the_api_grace_period_covers_its_pre_stop_pause_and_gunicorns_graceful_timeout(
     gunicorn_settings: Mapping[str, Any],
 ) -> None:
@@ -531,7 +549,9 @@ def test_the_feed_processes_probe_the_heartbeat_their_loop_touches(
     assert heartbeat.startswith("/tmp/")
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["exec"]["command"] == check, probe
-    assert "ports" not in container, "the feed processes serve nothing: ingress stays denied"
+    # Their only port is the metrics port (below): a probe by HTTP would prove only that
+    # prometheus_client's thread answers, not that the loop turns.
+    assert [port["name"] for port in container["ports"]] == ["metrics"]
 
 
 def test_the_ingestor_and_the_appliers_agree_on_the_partition_queues(in_container: EnterContainer) -> None:

@@ -29,6 +29,7 @@ from orders_api.config import Settings
 from tests.e2e.processes import BIN, PROJECT_ROOT, ProcessOptions, free_port, service_environment
 from tests.e2e.test_order_flow_end_to_end import order_requests
 from tests.json_logs import messages, records
+from tests.prometheus_samples import scrape_port
 
 pytestmark = pytest.mark.e2e
 
@@ -61,10 +62,13 @@ _T = TypeVar("_T")
 class Stack:
     """The supervisor, its log, and every process seen under it (pid and start time)."""
 
-    def __init__(self, supervisor: subprocess.Popen[bytes], log: Path, base_url: str) -> None:
+    def __init__(
+        self, supervisor: subprocess.Popen[bytes], log: Path, base_url: str, applier_metrics_port: int
+    ) -> None:
         self.supervisor = supervisor
         self.log = log
         self.base_url = base_url
+        self.applier_metrics_port = applier_metrics_port
         self.seen: dict[int, str] = {}  # pid -> start time, as /proc/<pid>/stat gives it
 
     def log_text(self) -> str:
@@ -189,6 +193,7 @@ def make_run(settings: Settings, log: Path) -> Iterator[Stack]:
     """
     port = free_port()
     feed_port = free_port()
+    applier_metrics_port = free_port()
     env = service_environment(settings, OPTIONS)
     env.update(
         VENV=str(BIN.parent),
@@ -206,6 +211,9 @@ def make_run(settings: Settings, log: Path) -> Iterator[Stack]:
         FEED_PORT=str(feed_port),
         FEED_URL=f"ws://127.0.0.1:{feed_port}/executions",
         FEED_STATE_DIR=str(log.parent / "exchange-feed"),
+        # The ingestor's and the applier's metrics on ports of this test's own too.
+        INGESTOR_METRICS_PORT=str(free_port()),
+        APPLIER_METRICS_PORT=str(applier_metrics_port),
     )
     with log.open("wb") as output:
         supervisor = subprocess.Popen(
@@ -217,7 +225,7 @@ def make_run(settings: Settings, log: Path) -> Iterator[Stack]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        stack = Stack(supervisor, log, f"http://127.0.0.1:{port}")
+        stack = Stack(supervisor, log, f"http://127.0.0.1:{port}", applier_metrics_port)
         try:
             yield stack
         finally:
@@ -237,7 +245,13 @@ def test_make_run_executes_orders_restarts_a_killed_worker_pool_and_gunicorn_mas
         first = stack.order_placed(START_DEADLINE_S)
         # The exchange's feed, its ingestor and the applier run too: the order's story shows up.
         executed = stack.order_executed(first, EXECUTION_DEADLINE_S)
-        assert executed["executions"], executed
+        executions = executed["executions"]
+        assert isinstance(executions, list) and executions, executed
+        # ... and the applier's metrics count its reports, with their lag.
+        samples = scrape_port(stack.applier_metrics_port)
+        applied = samples[("orders_execution_reports_total", frozenset({("outcome", "applied")}))]
+        assert applied >= len(executions)
+        assert samples[("orders_execution_lag_seconds_count", frozenset())] == applied
 
         # (a) One dramatiq worker process dies; the CLI stops the other and exits; the pool restarts.
         cli = stack.child("dramatiq", START_DEADLINE_S)

@@ -28,12 +28,12 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 from orders_api.adapters.placement_queue import PLACE_ORDER_ACTOR
 from orders_api.config import Settings
 from tests.e2e.processes import RunningService
 from tests.e2e.test_order_flow_end_to_end import order_requests
+from tests.prometheus_samples import Samples, parse_samples
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,6 @@ DEADLINE_S = 60.0
 #: Seconds one request may take.
 REQUEST_TIMEOUT_S = 10
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 _T = TypeVar("_T")
 
 
@@ -168,7 +167,7 @@ def _posts_by_worker(metrics_dir: Path) -> dict[str, float]:
             shutil.copy(path, alone / path.name)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
-        samples = _parse(generate_latest(registry).decode())
+        samples = parse_samples(generate_latest(registry).decode())
         posts = _value(
             samples, "flask_http_request_duration_seconds_count", missing=0.0, method="POST", status="201"
         )
@@ -263,7 +262,7 @@ def _scrape(session: requests.Session, url: str) -> Samples:
     response = session.get(url, timeout=REQUEST_TIMEOUT_S)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain")
-    return _parse(response.text)
+    return parse_samples(response.text)
 
 
 def _scrape_if_up(session: requests.Session, url: str) -> Samples | None:
@@ -272,14 +271,6 @@ def _scrape_if_up(session: requests.Session, url: str) -> Samples | None:
         return _scrape(session, url)
     except requests.ConnectionError:
         return None
-
-
-def _parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
 
 
 def _value(samples: Samples, name: str, missing: float | None = None, **labels: str) -> float:

@@ -28,7 +28,9 @@ from orders_api.adapters.execution_messages import encode_reports
 from orders_api.adapters.execution_queues import execution_queue_declarations, partition_queue
 from orders_api.config import Settings
 from orders_api.entrypoints.applier import Applier, ApplierSettings
+from orders_api.entrypoints.execution_metrics import ApplierMetrics
 from orders_api.executions import ExecutionReport
+from tests.e2e.processes import free_port
 from tests.execution_reports import (
     count_stored,
     expected_state,
@@ -40,6 +42,7 @@ from tests.execution_reports import (
     stored_states,
     story_of,
 )
+from tests.prometheus_samples import scrape_port
 from tests.rabbitmq_admin import RabbitAdmin
 
 PARTITIONS = 4
@@ -116,7 +119,8 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
         [*feed, stranger],
         extra=[garbage, *single, beside_malformed],
     )
-    applier = Applier(plain_settings, applier_settings, engine)
+    metrics = ApplierMetrics()
+    applier = Applier(plain_settings, applier_settings, engine, metrics)
     thread = threading.Thread(target=applier.run)
     thread.start()
     try:
@@ -136,16 +140,33 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
         order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
     }
     assert applier.applied == distinct
+    well_formed = len(feed) + 1 + len(stories[-2]) + len(stories[-1])
+    assert reports_counted(metrics) == {
+        "applied": distinct,
+        "repeated": well_formed - distinct - 1,
+        "unknown_order": 1,
+        "malformed": 2,  # the body that is not JSON, the report beside a good one
+    }
+    assert metrics.registry.get_sample_value("orders_execution_lag_seconds_count") == distinct
     # The repeats, the report about no order of ours and the malformed ones were all acked.
     wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
     assert applier_settings.heartbeat_file.exists()
 
 
+def reports_counted(metrics: ApplierMetrics) -> dict[str, float | None]:
+    """``orders_execution_reports_total`` by outcome."""
+    return {
+        outcome: metrics.registry.get_sample_value("orders_execution_reports_total", {"outcome": outcome})
+        for outcome in ("applied", "repeated", "unknown_order", "malformed")
+    }
+
+
 def _start_applier(
-    settings: Settings, applier_settings: ApplierSettings, log: Path
+    settings: Settings, applier_settings: ApplierSettings, log: Path, *, metrics_port: int = 0
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        "APPLIER_METRICS_PORT": str(metrics_port),
         "DATABASE_URL": settings.database_url,
         "RABBITMQ_URL": settings.rabbitmq_url,
         "EXECUTION_QUEUE_PREFIX": applier_settings.queue_prefix,
@@ -200,9 +221,16 @@ def test_an_applier_killed_or_stopped_mid_stream_loses_and_doubles_nothing_once_
         second.kill()
     assert count_stored(engine, ids) < distinct, "the applier finished before it could be stopped mid-stream"
 
-    third = _start_applier(plain_settings, applier_settings, log)
+    stored_before_third = count_stored(engine, ids)
+    metrics_port = free_port()
+    third = _start_applier(plain_settings, applier_settings, log, metrics_port=metrics_port)
     try:
         wait_until(lambda: count_stored(engine, ids) == distinct, DRAIN_TIMEOUT_S, "every report")
+        # What the third applier applied, as its metrics port tells a scrape.
+        samples = scrape_port(metrics_port)
+        applied = distinct - stored_before_third
+        assert samples[("orders_execution_reports_total", frozenset({("outcome", "applied")}))] == applied
+        assert samples[("orders_execution_lag_seconds_count", frozenset())] == applied
         third.send_signal(signal.SIGTERM)
         assert third.wait(timeout=20) == 0, log.read_text()
     finally:

@@ -34,8 +34,11 @@ from orders_api.adapters.execution_queues import (
 )
 from orders_api.adapters.feed_cursor import EXCHANGE_FEED, FeedCursor
 from orders_api.config import Settings
+from orders_api.entrypoints.execution_metrics import IngestorMetrics
 from orders_api.entrypoints.ingestor import Ingestor, IngestorSettings
+from tests.e2e.processes import free_port
 from tests.integration.feed_server import Faults, FeedServer, make_reports
+from tests.prometheus_samples import scrape_port
 from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
@@ -80,12 +83,16 @@ class RecordingPublisher:
     def __init__(self, publisher: ConfirmedPublisher) -> None:
         self._publisher = publisher
         self.confirmed: set[int] = set()
+        #: Every report confirmed, a republished one as often as it was.
+        self.confirmed_reports: list[int] = []
         #: Messages confirmed: several reports travel in one.
         self.messages = 0
 
     def publish_all(self, messages: Sequence[OutgoingMessage]) -> None:
         self._publisher.publish_all(messages)
-        self.confirmed.update(report["feed_seq"] for message in messages for report in reports_of(message))
+        confirmed = [report["feed_seq"] for message in messages for report in reports_of(message)]
+        self.confirmed.update(confirmed)
+        self.confirmed_reports.extend(confirmed)
         self.messages += len(messages)
 
 
@@ -162,6 +169,7 @@ def make_ingestor(
     engine: sa.Engine,
     prefix: str,
     partitions: int,
+    metrics: IngestorMetrics | None = None,
 ) -> tuple[Ingestor, RecordingPublisher, CheckedCursor, ConfirmedPublisher]:
     publisher = ConfirmedPublisher(
         rabbitmq_url,
@@ -182,7 +190,7 @@ def make_ingestor(
         backoff_cap_s=0.3,
         backoff_base_s=0.02,
     )
-    return Ingestor(settings, recording, cursor), recording, cursor, publisher
+    return Ingestor(settings, recording, cursor, metrics), recording, cursor, publisher
 
 
 def test_every_report_reaches_its_partition_once_in_order_despite_repeats_reordering_gaps_and_drops(
@@ -190,8 +198,11 @@ def test_every_report_reaches_its_partition_once_in_order_despite_repeats_reorde
 ) -> None:
     reports = make_reports(400)
     faults = Faults(frame_size=40, repeat=0.1, shuffle_window=3, skip=0.005, drop_after_frames=5)
+    metrics = IngestorMetrics()
     with FeedServer(reports, faults) as feed:
-        ingestor, recording, cursor, publisher = make_ingestor(feed, rabbitmq_url, engine, queue_prefix, 4)
+        ingestor, recording, cursor, publisher = make_ingestor(
+            feed, rabbitmq_url, engine, queue_prefix, 4, metrics
+        )
         try:
             with running(ingestor):
                 wait_until(lambda: cursor.load() == len(reports), 60, "the resume point to reach the end")
@@ -199,6 +210,21 @@ def test_every_report_reaches_its_partition_once_in_order_despite_repeats_reorde
             publisher.close()
         assert feed.connections > 3
     assert recording.messages < len(reports) / 2, "a partition's reports of one run share a message"
+    counted = {
+        name: metrics.registry.get_sample_value(name) or 0.0
+        for name in (
+            "orders_feed_resume_point",
+            "orders_feed_reports_received_total",
+            "orders_feed_reports_published_total",
+            "orders_feed_disconnects_total",
+            "orders_feed_connected",
+        )
+    }
+    assert counted["orders_feed_resume_point"] == len(reports)
+    assert counted["orders_feed_reports_received_total"] > len(reports)  # the feed's repeats
+    assert counted["orders_feed_reports_published_total"] == len(recording.confirmed_reports)
+    assert counted["orders_feed_disconnects_total"] >= feed.connections - 1
+    assert counted["orders_feed_connected"] == 0  # stopped
     assert cursor.violations == []
     drained = drain(rabbitmq_url, queue_prefix, 4)
     for partition, bodies in drained.items():
@@ -322,6 +348,7 @@ def test_one_ingestor_process_takes_a_fast_feed_at_thousands_of_reports_per_seco
             "FEED_URL": feed.url,
             "EXECUTION_QUEUE_PREFIX": queue_prefix,
             "EXECUTION_PARTITIONS": "8",
+            "INGESTOR_METRICS_PORT": str(metrics_port := free_port()),
         }
         ingestor = subprocess.Popen(
             [str(Path(sys.executable).parent / "orders-ingestor")], env=env, stderr=subprocess.DEVNULL
@@ -333,6 +360,10 @@ def test_one_ingestor_process_takes_a_fast_feed_at_thousands_of_reports_per_seco
             elapsed = time.monotonic() - started
             name = f"orders-ingestor {socket.gethostname()} pid {ingestor.pid}"
             wait_until(lambda: name in rabbit.connection_names(), 15, f"a connection named {name!r}")
+            samples = scrape_port(metrics_port)
+            assert samples[("orders_feed_resume_point", frozenset())] == len(reports)
+            assert samples[("orders_feed_connected", frozenset())] == 1
+            assert samples[("orders_feed_reports_published_total", frozenset())] >= len(reports)
         finally:
             ingestor.send_signal(signal.SIGTERM)
             assert ingestor.wait(timeout=20) == 0

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from orders_api.config import Settings
 from orders_api.entrypoints.on_call_gauges import WAIT_S
+from tests.prometheus_samples import Samples, parse_samples
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +38,10 @@ def silent_port() -> Iterator[int]:
         yield port
 
 
-def scrape(client: FlaskClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def scrape(client: FlaskClient) -> Samples:
     response = client.get("/metrics")
     assert response.status_code == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.get_data(as_text=True))
-        for sample in family.samples
-    }
+    return parse_samples(response.get_data(as_text=True))
 
 
 def test_requests_are_counted_by_route_and_status_and_scrapes_are_not(client: FlaskClient) -> None:
