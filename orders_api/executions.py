@@ -133,6 +133,19 @@ def average_price(filled_quantity: int, filled_notional: Decimal) -> Decimal | N
     return ExecutionState(filled_quantity=filled_quantity, filled_notional=filled_notional).average_price
 
 
+def fields_of(report: ExecutionReport) -> dict[str, object]:
+    """The report as the feed's JSON object holds it: what :func:`report_from_fields` reads back."""
+    return {
+        "exec_id": report.exec_id,
+        "order_id": str(report.order_id),
+        "seq": report.seq,
+        "kind": report.kind.value,
+        "quantity": report.quantity,
+        "price": None if report.price is None else str(report.price),
+        "ts": report.reported_at.isoformat(),
+    }
+
+
 def report_from_fields(fields: object) -> ExecutionReport:
     """The report one decoded JSON object holds (one element of a partition message's array).
 

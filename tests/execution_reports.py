@@ -21,7 +21,7 @@ from orders_api.adapters.execution_messages import encode_reports
 from orders_api.adapters.execution_queues import execution_queue_declarations, partition_of, partition_queue
 from orders_api.adapters.repository import SqlAlchemyOrderRepository
 from orders_api.domain import Order, OrderStatus, OrderType, Side
-from orders_api.executions import ExecutionKind, ExecutionReport, ExecutionState, ExecutionStatus
+from orders_api.executions import ExecutionKind, ExecutionReport, ExecutionState, ExecutionStatus, fields_of
 
 #: An ISIN, as orders must name their instrument.
 INSTRUMENT = "US0378331005"
@@ -95,16 +95,7 @@ def expected_state(story: Sequence[ExecutionReport]) -> ExecutionState:
 
 def report_fields(report: ExecutionReport, feed_seq: int) -> dict[str, object]:
     """The report as the feed sends it and the ingestor publishes it: the feed's JSON object."""
-    return {
-        "feed_seq": feed_seq,
-        "exec_id": report.exec_id,
-        "order_id": str(report.order_id),
-        "seq": report.seq,
-        "kind": report.kind.value,
-        "quantity": report.quantity,
-        "price": None if report.price is None else str(report.price),
-        "ts": report.reported_at.isoformat(),
-    }
+    return {"feed_seq": feed_seq, **fields_of(report)}
 
 
 def publish_reports(

@@ -113,6 +113,15 @@ class AppliedBatch:
         return len(self.new)
 
 
+def merged(outcomes: Sequence[AppliedBatch]) -> AppliedBatch:
+    """What several batches did, as one."""
+    return AppliedBatch(
+        new=[report for outcome in outcomes for report in outcome.new],
+        repeated=sum(outcome.repeated for outcome in outcomes),
+        unknown_order=[report for outcome in outcomes for report in outcome.unknown_order],
+    )
+
+
 def apply_reports(connection: sa.Connection, reports: Sequence[ExecutionReport]) -> AppliedBatch:
     """Apply every report of ``reports`` not applied before, within the connection's open transaction.
 

@@ -22,6 +22,10 @@ Choices, and why:
   no order of ours and waiting would never help.
 - A database error acks nothing: the same batch is retried, with a growing pause, until it
   commits; the broker keeps the messages meanwhile (and redelivers them if this process dies).
+  Except a *data* error (a numeric overflow from an absurd fill, say): that fails the same way on
+  every retry and would stall every partition behind one report, so the batch is applied one
+  report per transaction instead, and a report the database refuses alone is logged whole and
+  dropped, like a malformed one.
 - SIGTERM (and SIGINT) let the batch in hand finish, commit and be acked; then the process exits.
 
 Liveness for Kubernetes is a heartbeat file (``APPLIER_HEARTBEAT_FILE``), touched by the
@@ -57,7 +61,7 @@ import sqlalchemy as sa
 from pika.adapters.blocking_connection import BlockingChannel
 
 from orders_api.adapters.database import create_engine
-from orders_api.adapters.execution_ledger import AppliedBatch, apply_reports
+from orders_api.adapters.execution_ledger import AppliedBatch, apply_reports, merged
 from orders_api.adapters.execution_messages import MalformedMessageError, decode_reports
 from orders_api.adapters.execution_queues import (
     DEFAULT_EXECUTION_PARTITIONS,
@@ -70,7 +74,7 @@ from orders_api.config import Settings
 from orders_api.entrypoints.execution_metrics import DEFAULT_METRICS_HOST, ApplierMetrics
 from orders_api.entrypoints.execution_metrics import serve as serve_metrics
 from orders_api.entrypoints.heartbeat import heartbeat_is_fresh
-from orders_api.executions import ExecutionReport, MalformedReportError, report_from_fields
+from orders_api.executions import ExecutionReport, MalformedReportError, fields_of, report_from_fields
 from orders_api.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -229,8 +233,7 @@ class Applier:
         delay = 0.1
         while True:
             try:
-                with self._engine.begin() as db:
-                    outcome = apply_reports(db, reports)
+                outcome, refused = self._apply(reports)
                 break
             except sa.exc.SQLAlchemyError as error:
                 self._metrics.batch_failures.inc()
@@ -247,9 +250,38 @@ class Applier:
                 extra={"exec_id": report.exec_id, "order_id": str(report.order_id)},
             )
         channel.basic_ack(batch[-1].tag, multiple=True)
+        self._metrics.reports.labels("refused").inc(len(refused))
         self._observe(outcome, len(reports))
         self.applied += outcome.applied
         logger.debug("batch applied", extra={"applied": outcome.applied, "repeated": outcome.repeated})
+
+    def _apply(self, reports: list[ExecutionReport]) -> tuple[AppliedBatch, list[ExecutionReport]]:
+        """Apply ``reports`` in one transaction, or one per report if the database refuses their data.
+
+        Returns what was applied and the reports the database refused on their own. Any error
+        but a data error propagates: the caller retries the whole batch, which the ledger makes
+        harmless for the reports already committed alone.
+        """
+        try:
+            with self._engine.begin() as db:
+                return apply_reports(db, reports), []
+        except sa.exc.DataError as error:
+            logger.error(
+                "the database refused a batch's data; applying its reports one at a time",
+                extra={"error": str(error), "reports": len(reports)},
+            )
+        outcomes, refused = [], []
+        for report in reports:
+            try:
+                with self._engine.begin() as db:
+                    outcomes.append(apply_reports(db, [report]))
+            except sa.exc.DataError as error:
+                logger.error(
+                    "execution report refused by the database, dropped",
+                    extra={"error": str(error), "report": fields_of(report)},
+                )
+                refused.append(report)
+        return merged(outcomes), refused
 
     def _observe(self, outcome: AppliedBatch, reports: int) -> None:
         committed_at = datetime.now(UTC)

@@ -82,7 +82,7 @@ class ApplierMetrics:
         self.reports = Counter(
             "orders_execution_reports",
             "Reports taken from the partition queues, by outcome: applied, repeated (already applied),"
-            " unknown_order, malformed.",
+            " unknown_order, malformed, refused (by the database, alone: dropped).",
             ["outcome"],
             registry=self.registry,
         )

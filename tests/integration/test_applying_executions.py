@@ -17,6 +17,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from orders_api.adapters.execution_queues import execution_queue_declarations, p
 from orders_api.config import Settings
 from orders_api.entrypoints.applier import Applier, ApplierSettings
 from orders_api.entrypoints.execution_metrics import ApplierMetrics
-from orders_api.executions import ExecutionReport
+from orders_api.executions import ExecutionKind, ExecutionReport
 from tests.e2e.processes import free_port
 from tests.execution_reports import (
     count_stored,
@@ -146,6 +148,7 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
         "repeated": well_formed - distinct - 1,
         "unknown_order": 1,
         "malformed": 2,  # the body that is not JSON, the report beside a good one
+        "refused": 0,
     }
     assert metrics.registry.get_sample_value("orders_execution_lag_seconds_count") == distinct
     # The repeats, the report about no order of ours and the malformed ones were all acked.
@@ -153,11 +156,58 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
     assert applier_settings.heartbeat_file.exists()
 
 
+def test_a_report_the_database_refuses_is_dropped_alone_and_every_other_applied(
+    plain_settings: Settings, applier_settings: ApplierSettings, engine: sa.Engine, rabbit: RabbitAdmin
+) -> None:
+    """Catches one absurd report stalling every partition: its fill's notional overflows
+    ``filled_notional`` (NUMERIC(30, 6)), which fails the same way on every retry of its batch."""
+    rng = random.Random(13)
+    orders = store_orders(engine, 40)
+    stories = [story_of(order, rng) for order in orders]
+    feed = feed_of(stories, rng, repeats=0.1)
+    poison = ExecutionReport(
+        "poison",
+        orders[0].id,
+        99,
+        ExecutionKind.FILL,
+        2**62,
+        Decimal("999999999999.9999"),
+        datetime.now(UTC),
+    )
+    half = len(feed) // 2
+    publish_reports(
+        plain_settings.rabbitmq_url,
+        applier_settings.queue_prefix,
+        PARTITIONS,
+        [*feed[:half], poison, *feed[half:]],
+    )
+    metrics = ApplierMetrics()
+    applier = Applier(plain_settings, applier_settings, engine, metrics)
+    thread = threading.Thread(target=applier.run)
+    thread.start()
+    ids = [order.id for order in orders]
+    try:
+        distinct = sum(len(story) for story in stories)
+        wait_until(lambda: count_stored(engine, ids) == distinct, DRAIN_TIMEOUT_S, "every other report")
+        wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
+    finally:
+        applier.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+
+    assert "poison" not in stored_exec_ids(engine, ids)
+    assert stored_states(engine, ids) == {
+        order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
+    }
+    assert reports_counted(metrics)["refused"] == 1
+    assert reports_counted(metrics)["applied"] == distinct
+
+
 def reports_counted(metrics: ApplierMetrics) -> dict[str, float | None]:
     """``orders_execution_reports_total`` by outcome."""
     return {
         outcome: metrics.registry.get_sample_value("orders_execution_reports_total", {"outcome": outcome})
-        for outcome in ("applied", "repeated", "unknown_order", "malformed")
+        for outcome in ("applied", "repeated", "unknown_order", "malformed", "refused")
     }
 
 

@@ -17,6 +17,7 @@ from orders_api.executions import (
     ExecutionStatus,
     MalformedReportError,
     average_price,
+    fields_of,
     report_from_fields,
 )
 
@@ -129,6 +130,12 @@ def test_a_report_of_the_feed_is_read_exactly() -> None:
         price=Decimal("150.2500"),
         reported_at=datetime(2026, 12, 2, 11, 0, 0, 123456, tzinfo=UTC),
     )
+
+
+def test_a_report_written_back_as_the_feeds_object_reads_back_the_same() -> None:
+    report = report_from_fields(_fields())
+    assert report_from_fields(fields_of(report)) == report
+    assert fields_of(report_from_fields(_fields(price=None, kind="accepted", quantity=0)))["price"] is None
 
 
 @pytest.mark.parametrize(
