@@ -8,11 +8,14 @@ as the ingestor would (each partition's reports in feed order, several to a mess
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -21,7 +24,15 @@ from orders_api.adapters.execution_messages import encode_reports
 from orders_api.adapters.execution_queues import execution_queue_declarations, partition_of, partition_queue
 from orders_api.adapters.repository import SqlAlchemyOrderRepository
 from orders_api.domain import Order, OrderStatus, OrderType, Side
-from orders_api.executions import ExecutionKind, ExecutionReport, ExecutionState, ExecutionStatus, fields_of
+from orders_api.exchange_feed.durable_log import LOG_FILE
+from orders_api.executions import (
+    ExecutionKind,
+    ExecutionReport,
+    ExecutionState,
+    ExecutionStatus,
+    fields_of,
+    report_from_fields,
+)
 
 #: An ISIN, as orders must name their instrument.
 INSTRUMENT = "US0378331005"
@@ -162,6 +173,26 @@ def stored_exec_ids(engine: sa.Engine, order_ids: Sequence[uuid.UUID]) -> list[s
     query = sa.text("SELECT exec_id FROM executions WHERE order_id = ANY(:ids)")
     with engine.connect() as connection:
         return list(connection.execute(query, {"ids": list(order_ids)}).scalars())
+
+
+def logged_reports(state_dir: Path) -> list[ExecutionReport]:
+    """Every report of the feed's durable log (its adoption lines left out), as the feed numbered them."""
+    reports = []
+    for line in (state_dir / LOG_FILE).read_text().splitlines():
+        if '"feed_seq"' in line:
+            reports.append(report_from_fields(json.loads(line)))
+    return reports
+
+
+def replayed_states(reports: Sequence[ExecutionReport]) -> dict[uuid.UUID, ExecutionState]:
+    """Each order's state after a straight replay of its reports, in ``seq`` order."""
+    stories: dict[uuid.UUID, list[ExecutionReport]] = defaultdict(list)
+    for report in reports:
+        stories[report.order_id].append(report)
+    return {
+        order_id: ExecutionState().applied_all(sorted(story, key=lambda report: report.seq))
+        for order_id, story in stories.items()
+    }
 
 
 def count_stored(engine: sa.Engine, order_ids: Sequence[uuid.UUID]) -> int:

@@ -1,11 +1,12 @@
 """Stories into the log: adopt placed orders, then log their reports at the configured rate.
 
-The producer is the log's only writer. Each tick it polls for newly placed orders (every
-``poll_interval_s``), adopts them (an adoption line, which also moves the poll's cursor), and
-logs the next reports of the stories in progress, interleaved at random across orders but in
-seq order within each, at ``rate`` reports a second. Adoptions and reports of a tick go to disk
-in one fsynced batch before any client can see them. Every ``SWEEP_INTERVAL_S`` it also looks
-behind its cursor for orders committed late (:mod:`.placed_orders`) and adopts those it missed.
+The producer is the log's only writer. One loop polls for newly placed orders (every
+``poll_interval_s``) and adopts them (an adoption line, which also moves the poll's cursor);
+another logs, each tick, the next reports of the stories in progress, interleaved at random
+across orders but in seq order within each, at ``rate`` reports a second. Adoptions and reports
+of a tick go to disk in one fsynced batch before any client can see them. Every
+``SWEEP_INTERVAL_S`` the first loop also looks behind its cursor for orders committed late
+(:mod:`.placed_orders`) and adopts those it missed.
 """
 
 from __future__ import annotations
@@ -95,16 +96,25 @@ class Producer:
         return tell_story(order, story_random(self._settings.seed, order.id), self._settings.fills_per_order)
 
     async def run(self) -> None:
-        """Poll and log until cancelled."""
+        """Adopt orders and log reports until cancelled.
+
+        Two loops: reading PostgreSQL never holds up the reports of stories already adopted, as
+        an exchange's feed does not wait on its clients' database (a frozen one blocks a read
+        until it thaws, with no timeout of its own).
+        """
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._adopt_orders(), name="adopt-orders")
+            tasks.create_task(self._log_reports(), name="log-reports")
+
+    async def _adopt_orders(self) -> None:
+        """Poll for placed orders every ``poll_interval_s`` and sweep for late commits every second."""
         settings = self._settings
         next_poll = 0.0
         next_sweep = 0.0
-        last = time.monotonic()
-        allowance = 0.0
         while True:
             now = time.monotonic()
             if now >= next_poll and len(self._in_progress) < settings.poll_limit:
-                # A full page means more are waiting: poll again next tick rather than next interval.
+                # A full page means more are waiting: poll again at once rather than next interval.
                 full = await self._poll() == settings.poll_limit
                 # While PostgreSQL is away, back off (to MAX_POLL_BACKOFF_S) instead of logging
                 # a warning every interval.
@@ -113,6 +123,15 @@ class Producer:
             if settings.late_commit_window_s > 0 and now >= next_sweep:
                 await self._sweep()
                 next_sweep = now + SWEEP_INTERVAL_S
+            await asyncio.sleep(TICK_S)
+
+    async def _log_reports(self) -> None:
+        """Log the stories' next reports every tick, at ``rate`` a second (0: all that are ready)."""
+        settings = self._settings
+        last = time.monotonic()
+        allowance = 0.0
+        while True:
+            now = time.monotonic()
             if settings.rate > 0:
                 # A token bucket holding at most a tenth of a second's reports, empty while idle,
                 # so that the rate holds from the first report on.

@@ -9,11 +9,9 @@ once, and every order's execution state equals a straight replay of its reports 
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,8 +21,6 @@ import sqlalchemy as sa
 from orders_api.adapters.database import create_engine
 from orders_api.adapters.execution_queues import execution_queue_declarations
 from orders_api.config import Settings
-from orders_api.exchange_feed.durable_log import LOG_FILE
-from orders_api.executions import ExecutionReport, ExecutionState, report_from_fields
 from tests.e2e.processes import (
     BIN,
     ProcessOptions,
@@ -34,7 +30,13 @@ from tests.e2e.processes import (
     free_port,
     service_environment,
 )
-from tests.execution_reports import store_orders, stored_exec_ids, stored_states
+from tests.execution_reports import (
+    logged_reports,
+    replayed_states,
+    store_orders,
+    stored_exec_ids,
+    stored_states,
+)
 from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.e2e
@@ -78,15 +80,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(POLL_INTERVAL_S)
-
-
-def logged_reports(state_dir: Path) -> list[ExecutionReport]:
-    """Every report of the feed's durable log (its adoption lines left out), as the feed numbered them."""
-    reports = []
-    for line in (state_dir / LOG_FILE).read_text().splitlines():
-        if '"feed_seq"' in line:
-            reports.append(report_from_fields(json.loads(line)))
-    return reports
 
 
 def feed_seq_saved(engine: sa.Engine) -> int:
@@ -157,14 +150,7 @@ def test_every_report_is_applied_once_as_a_straight_replay_across_sigkills_of_in
     logged = logged_reports(tmp_path / "feed")
     stored = stored_exec_ids(engine, order_ids)
     assert sorted(stored) == sorted(report.exec_id for report in logged), "a report missing or applied twice"
-    stories: dict[uuid.UUID, list[ExecutionReport]] = defaultdict(list)
-    for report in logged:
-        stories[report.order_id].append(report)
-    expected = {
-        order_id: ExecutionState().applied_all(sorted(story, key=lambda report: report.seq))
-        for order_id, story in stories.items()
-    }
-    assert stored_states(engine, order_ids) == expected
+    assert stored_states(engine, order_ids) == replayed_states(logged)
     print(
         f"\nexecution feed: {len(logged)} reports of {ORDERS} orders, each applied once; ingestor"
         f" SIGKILLed at resume point {killed_ingestor_at}, applier after {killed_applier_at} reports"

@@ -2,7 +2,7 @@
 
 The scenarios stop and restart PostgreSQL and RabbitMQ, so they run on servers of their own
 (``tests.faults.servers``), never on the machine's shared ones. At the end of the run the
-ledgers of every scenario are printed as one table.
+ledgers of every scenario are printed as one table (and the execution feed's as a second).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import pytest
 from orders_api.adapters.queue_topology import set_up_placement_queues
 from orders_api.adapters.schema import upgrade
 from orders_api.config import Settings
+from tests.faults.feed_ledger import FEED_HEADER, FEED_RULE
 from tests.faults.harness import FaultRun
 from tests.faults.ledger import HEADER, RULE
 from tests.faults.servers import PrivatePostgres, PrivateRabbitMQ, private_postgres, private_rabbitmq
 from tests.rabbitmq_admin import RabbitAdmin
 
 _LEDGER_ROWS = pytest.StashKey[list[str]]()
+_FEED_LEDGER_ROWS = pytest.StashKey[list[str]]()
 _FAULT_RUN = pytest.StashKey[FaultRun]()
 
 
@@ -72,6 +74,14 @@ def fault_run(
 
 
 @pytest.fixture
+def report_feed_ledger(request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Rows of the execution feed's ledger table, printed after the placement ledgers."""
+    rows: list[str] = []
+    yield rows
+    request.config.stash.setdefault(_FEED_LEDGER_ROWS, []).extend(rows)
+
+
+@pytest.fixture
 def report_ledger(request: pytest.FixtureRequest) -> Iterator[list[str]]:
     """Rows to add to the run's ledger table: a test appends its row, printed at the end of the run."""
     rows: list[str] = []
@@ -85,6 +95,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if rows:
         terminalreporter.write_sep("=", "fault-injection ledgers")
         for line in (HEADER, RULE, *rows):
+            terminalreporter.write_line(line)
+    feed_rows = config.stash.get(_FEED_LEDGER_ROWS, [])
+    if feed_rows:
+        terminalreporter.write_sep("=", "execution feed ledgers")
+        for line in (FEED_HEADER, FEED_RULE, *feed_rows):
             terminalreporter.write_line(line)
 
 
