@@ -157,7 +157,6 @@ class Ingestor:
         self._metrics = metrics or IngestorMetrics()
         self._sequencer: FeedSequencer[FeedReport] = FeedSequencer(0)
         self._something_ready = asyncio.Event()
-        self._batch_full = asyncio.Event()
         self._last_heartbeat = 0.0
         #: Reports confirmed by RabbitMQ since the start, and failed publishes: for tests and logs.
         self.published = 0
