@@ -10,9 +10,8 @@ once, and every order's execution state equals a straight replay of its reports 
 from __future__ import annotations
 
 import signal
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +37,7 @@ from tests.execution_reports import (
     stored_states,
 )
 from tests.rabbitmq_admin import RabbitAdmin
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -72,14 +72,6 @@ def queue_prefix(rabbit: RabbitAdmin) -> Iterator[str]:
     rabbit.delete_queues_if_present(
         *(declaration.name for declaration in execution_queue_declarations(prefix, PARTITIONS))
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
 
 
 def feed_seq_saved(engine: sa.Engine) -> int:
@@ -123,13 +115,23 @@ def test_every_report_is_applied_once_as_a_straight_replay_across_sigkills_of_in
         applier = start("applier", "orders-applier")
 
         # Kill each mid-stream: once it has made progress, well before the feed has told all.
-        wait_until(lambda: feed_seq_saved(engine) > 0, 30, "the ingestor's first resume point")
+        wait_until(
+            lambda: feed_seq_saved(engine) > 0,
+            30,
+            "the ingestor's first resume point",
+            every_s=POLL_INTERVAL_S,
+        )
         ingestor.popen.send_signal(signal.SIGKILL)
         ingestor.popen.wait(timeout=10)
         killed_ingestor_at = feed_seq_saved(engine)
         start("ingestor-2", "orders-ingestor")
 
-        wait_until(lambda: len(stored_exec_ids(engine, order_ids)) > 0, 30, "the applier's first commit")
+        wait_until(
+            lambda: len(stored_exec_ids(engine, order_ids)) > 0,
+            30,
+            "the applier's first commit",
+            every_s=POLL_INTERVAL_S,
+        )
         applier.popen.send_signal(signal.SIGKILL)
         applier.popen.wait(timeout=10)
         killed_applier_at = len(stored_exec_ids(engine, order_ids))
@@ -142,7 +144,7 @@ def test_every_report_is_applied_once_as_a_straight_replay_across_sigkills_of_in
             }
             return len(complete) == ORDERS and len(stored_exec_ids(engine, order_ids)) == len(logged)
 
-        wait_until(settled, SETTLE_TIMEOUT_S, "every logged report applied")
+        wait_until(settled, SETTLE_TIMEOUT_S, "every logged report applied", every_s=POLL_INTERVAL_S)
     finally:
         for process in reversed(processes):
             _stop_quietly(process)

@@ -36,6 +36,7 @@ from tests.execution_reports import (
 )
 from tests.faults.feed_ledger import FEED_HEADER, FEED_RULE, FeedLedger
 from tests.faults.harness import FaultRun
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.faults
 
@@ -86,21 +87,18 @@ def execution_feed(settings: Settings, directory: Path) -> Iterator[Path]:
             _stop_quietly(process)
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(POLL_INTERVAL_S)
-
-
 def run_outage(fault_run: FaultRun, scenario: str, outage: Callable[[], None]) -> FeedLedger:
     """Stream the feed, run ``outage`` once reports are being applied, and return the ledger once settled."""
     engine = create_engine(fault_run.settings, pool_size=1, application_name="orders-faults")
     try:
         order_ids = [order.id for order in store_orders(engine, ORDERS)]
         with execution_feed(fault_run.settings, fault_run.directory) as state_dir:
-            wait_until(lambda: _count(engine, order_ids) > 0, START_TIMEOUT_S, "the applier's first commit")
+            wait_until(
+                lambda: _count(engine, order_ids) > 0,
+                START_TIMEOUT_S,
+                "the applier's first commit",
+                every_s=POLL_INTERVAL_S,
+            )
             applied_before = _count(engine, order_ids)
             started = time.monotonic()
             outage()
@@ -110,6 +108,7 @@ def run_outage(fault_run: FaultRun, scenario: str, outage: Callable[[], None]) -
                 lambda: _count(engine, order_ids) >= backlog,
                 SETTLED_WITHIN_S,
                 "the reports logged by the fault's end applied",
+                every_s=POLL_INTERVAL_S,
             )
             caught_up_s = time.monotonic() - ended
 
@@ -118,7 +117,12 @@ def run_outage(fault_run: FaultRun, scenario: str, outage: Callable[[], None]) -
                 finished = {report.order_id for report in logged if report.kind in FINAL_KINDS}
                 return len(finished) == ORDERS and _count(engine, order_ids) >= len(logged)
 
-            wait_until(settled, SETTLED_WITHIN_S + (ended - started), "every logged report applied")
+            wait_until(
+                settled,
+                SETTLED_WITHIN_S + (ended - started),
+                "every logged report applied",
+                every_s=POLL_INTERVAL_S,
+            )
             settled_after_s = time.monotonic() - ended
         logged = logged_reports(state_dir)
         stored = stored_exec_ids(engine, order_ids)

@@ -14,9 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -46,6 +45,7 @@ from tests.execution_reports import (
 )
 from tests.prometheus_samples import scrape_port
 from tests.rabbitmq_admin import RabbitAdmin
+from tests.waiting import wait_until
 
 PARTITIONS = 4
 #: Seconds the applier may take to drain what a test published.
@@ -72,14 +72,6 @@ def engine(plain_settings: Settings) -> Iterator[sa.Engine]:
     engine = create_engine(plain_settings, pool_size=2, application_name="orders-test")
     yield engine
     engine.dispose()
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def ready_messages(rabbit: RabbitAdmin, settings: ApplierSettings) -> int:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from tests.e2e.processes import free_port
 from tests.integration.feed_server import Faults, FeedServer, make_reports
 from tests.prometheus_samples import scrape_port
 from tests.rabbitmq_admin import RabbitAdmin
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -128,13 +129,6 @@ def running(ingestor: Ingestor) -> Iterator[Ingestor]:
         loop.close()
     assert not thread.is_alive(), "the ingestor did not stop"
     assert not errors, errors
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def drain(rabbitmq_url: str, prefix: str, partitions: int) -> dict[int, list[dict[str, Any]]]:

@@ -1,0 +1,17 @@
+"""Waiting for a condition that another process or thread brings about, with a bound."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, *, every_s: float = 0.05) -> None:
+    """Return once ``condition()`` holds; fail the test, naming ``what``, after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(every_s)
