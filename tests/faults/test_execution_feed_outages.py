@@ -49,7 +49,8 @@ PARTITIONS = 4
 DATABASE_OUTAGE_S = 25.0
 #: Seconds RabbitMQ stays stopped or frozen: beyond the 30 s heartbeat of the applier's connection.
 BROKER_OUTAGE_S = 40.0
-#: Seconds from the fault's end within which every report the feed logged must be applied.
+#: Seconds from the fault's end within which the reports logged by then must be applied (and the
+#: bound, beyond the fault's own length, on the whole stream's).
 SETTLED_WITHIN_S = 60.0
 #: Seconds to wait for the applier's first commit before the fault.
 START_TIMEOUT_S = 60.0
