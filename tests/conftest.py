@@ -16,9 +16,11 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 import requests
+import sqlalchemy as sa
 from dramatiq.common import dq_name, xq_name
 from psycopg2 import sql
 
+from orders_api.adapters.database import create_engine
 from orders_api.adapters.placement_queue import policy_name
 from orders_api.adapters.queue_topology import set_up_placement_queues
 from orders_api.adapters.schema import upgrade
@@ -102,6 +104,21 @@ def settings(
     rabbit.delete_policies_if_present(
         *(policy_name(name) for name in (queue, dq_name(queue), xq_name(queue)))
     )
+
+
+@pytest.fixture
+def plain_settings(database_url: str, rabbitmq_url: str) -> Settings:
+    """This run's database and vhost, with no placement queue set up: for tests of the execution
+    feed, which use queues of their own (a module may override it, e.g. with ``own_database_url``)."""
+    return Settings(database_url=database_url, rabbitmq_url=rabbitmq_url)
+
+
+@pytest.fixture
+def engine(plain_settings: Settings) -> Iterator[sa.Engine]:
+    """An engine on ``plain_settings``' database, disposed of after the test."""
+    engine = create_engine(plain_settings, pool_size=2, application_name="orders-test")
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from orders_api.adapters.database import create_engine
 from orders_api.adapters.execution_queues import execution_queue_declarations
 from orders_api.config import Settings
 from tests.e2e.processes import (
@@ -55,13 +54,6 @@ POLL_INTERVAL_S = 0.1
 def plain_settings(own_database_url: str, rabbitmq_url: str) -> Settings:
     """A database of this test's own: the feed reports on every placed order in it."""
     return Settings(database_url=own_database_url, rabbitmq_url=rabbitmq_url)
-
-
-@pytest.fixture
-def engine(plain_settings: Settings) -> Iterator[sa.Engine]:
-    engine = create_engine(plain_settings, pool_size=2, application_name="orders-test")
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -62,18 +62,6 @@ def applier_settings(rabbit: RabbitAdmin, tmp_path: Path) -> Iterator[ApplierSet
     )
 
 
-@pytest.fixture
-def plain_settings(database_url: str, rabbitmq_url: str) -> Settings:
-    return Settings(database_url=database_url, rabbitmq_url=rabbitmq_url)
-
-
-@pytest.fixture
-def engine(plain_settings: Settings) -> Iterator[sa.Engine]:
-    engine = create_engine(plain_settings, pool_size=2, application_name="orders-test")
-    yield engine
-    engine.dispose()
-
-
 def ready_messages(rabbit: RabbitAdmin, settings: ApplierSettings) -> int:
     """Messages left in the partition queues, ready or unacked, as the broker counts them now."""
     total = 0

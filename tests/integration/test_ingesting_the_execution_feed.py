@@ -25,7 +25,6 @@ import pytest
 import sqlalchemy as sa
 
 from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage
-from orders_api.adapters.database import create_engine
 from orders_api.adapters.execution_messages import decode_reports
 from orders_api.adapters.execution_queues import (
     execution_queue_declarations,
@@ -33,7 +32,6 @@ from orders_api.adapters.execution_queues import (
     partition_queue,
 )
 from orders_api.adapters.feed_cursor import EXCHANGE_FEED, FeedCursor
-from orders_api.config import Settings
 from orders_api.entrypoints.execution_metrics import IngestorMetrics
 from orders_api.entrypoints.ingestor import Ingestor, IngestorSettings
 from tests.e2e.processes import free_port
@@ -51,13 +49,6 @@ def queue_prefix(rabbit: RabbitAdmin) -> Iterator[str]:
     prefix = f"order-executions.test-{uuid.uuid4().hex[:8]}"
     yield prefix
     rabbit.delete_queues_if_present(*(partition_queue(prefix, partition) for partition in range(8)))
-
-
-@pytest.fixture
-def engine(database_url: str, rabbitmq_url: str) -> Iterator[sa.Engine]:
-    engine = create_engine(Settings(database_url=database_url, rabbitmq_url=rabbitmq_url), pool_size=2)
-    yield engine
-    engine.dispose()
 
 
 class CheckedCursor:

@@ -11,7 +11,6 @@ import json
 import random
 import string
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,23 +19,14 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from orders_api.adapters.database import create_engine
 from orders_api.adapters.execution_ledger import apply_reports
 from orders_api.adapters.repository import SqlAlchemyOrderRepository
-from orders_api.config import Settings
 from orders_api.domain import Order, OrderStatus, OrderType, Side
 from orders_api.entrypoints.list_query import encode_cursor
 from orders_api.executions import ExecutionKind, ExecutionReport
 from orders_api.listing import ListPosition
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[sa.Engine]:
-    engine = create_engine(settings, pool_size=2, application_name="orders-test")
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
