@@ -25,6 +25,7 @@ RUN /opt/venv/bin/python -m pip install --require-hashes --only-binary=:all: -r 
 COPY pyproject.toml setup.cfg README.md ./
 COPY orders_api ./orders_api
 COPY workers ./workers
+COPY exchange_simulator ./exchange_simulator
 
 # A wheel, not an editable install: the final stage needs no source tree. `--no-deps`: the
 # dependencies are the pinned ones above, and `pip check` fails the build if they do not
@@ -70,4 +71,4 @@ EXPOSE 8000 9191 9192 9193
 # the workers, none for one-shot jobs); Compose and Kubernetes declare them per service.
 # Exec form, no shell and no ENTRYPOINT: gunicorn (or the role's command, which replaces this one
 # whole) is PID 1 and receives SIGTERM itself, and starts its graceful shutdown.
-CMD ["gunicorn", "--config", "python:orders_api.entrypoints.gunicorn_config", "orders_api.wsgi:app"]
+CMD ["gunicorn", "--config", "python:orders_api.api.gunicorn_config", "orders_api.wsgi:app"]

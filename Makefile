@@ -1,20 +1,29 @@
 # Everyday commands. `make run` and `make test` work on a fresh machine with nothing else typed.
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Server settings (WEB_WORKERS, WORKER_THREADS, ...) have their defaults in
-# orders_api/entrypoints/gunicorn_config.py and workers/serve.py; set them here or in the environment.
+# Every setting (WEB_WORKERS, WORKER_THREADS, ...) has its default in orders_api/settings/ and its
+# row in docs/configuration.md; set them here or in the environment.
 PORT ?= 8000
 PYTEST_ARGS ?=
 export PORT
 
-.PHONY: install browser services migrate run test test-unit test-integration test-e2e test-deploy test-faults bench lint format lock clean
+.PHONY: help install browser services settings-check settings-table migrate run test test-unit test-integration test-e2e test-deploy test-faults test-faults-long bench lint format lock clean
 
-install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools
+help: ## List the targets and what each does (the default target)
+	@awk -F ':.*## ' '/^[a-z][a-z0-9-]*:.*## / { printf "  %-18s %s\n", $$1, $$2 }' $(firstword $(MAKEFILE_LIST))
 
+install: $(VENV)/.installed ## Create the virtualenv and install the service with its dev tools and git hook
+
+# The pre-commit hook runs `make lint`'s checks and the unit tests on each commit. Only in a git
+# checkout of this folder (not an unpacked archive, nor a repository around it), not in CI (which
+# commits nothing); a hook it cannot install (say, core.hooksPath is set) is reported, not fatal.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	if [ -e .git ] && [ -z "$${CI:-}" ]; then \
+	  $(BIN)/pre-commit install || echo "make install: pre-commit's git hook not installed; commits run no checks" >&2; \
+	fi
 	touch $@
 
 browser: ## Debian's Chromium, for the test that renders /docs (tests/e2e/test_docs_page_in_a_browser.py)
@@ -27,7 +36,13 @@ migrate: install services ## Create the database if missing and migrate it; set 
 	$(BIN)/orders-db-upgrade
 	$(BIN)/orders-broker-setup
 
-run: migrate ## Serve the API on http://127.0.0.1:$(PORT) and run the workers, in the foreground
+settings-check: install ## Validate every role's settings in this environment: one line per bad variable
+	$(BIN)/python -m orders_api.settings.check
+
+settings-table: install ## Regenerate the table of every variable in docs/configuration.md
+	$(BIN)/python -m orders_api.settings.table --write docs/configuration.md
+
+run: settings-check migrate ## Serve the API on http://127.0.0.1:$(PORT) and run the workers, in the foreground
 	VENV=$(VENV) scripts/run.sh
 
 test: install browser services ## The whole suite: unit, integration and end-to-end
@@ -45,8 +60,11 @@ test-e2e: install browser services ## Real gunicorn and dramatiq processes over 
 test-deploy: install services ## Offline checks of the Dockerfile, the Compose file and k8s/ (schemas, lint, cross-references)
 	$(BIN)/pytest tests/deploy $(PYTEST_ARGS)
 
-test-faults: install ## Fault injection (~10 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
+test-faults: install ## Fault injection (~30 min, as root): restarts private PostgreSQL/RabbitMQ servers of its own
 	$(BIN)/pytest tests/faults -m faults $(PYTEST_ARGS)
+
+test-faults-long: install ## The fault scenarios too long for CI (a 10-minute PostgreSQL outage, ~14 min, as root)
+	$(BIN)/pytest tests/faults -m faults_long $(PYTEST_ARGS)
 
 bench: install services ## Benchmark the service against this machine's limits (a few minutes); see docs/benchmarks.md
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -25,13 +25,14 @@ import psycopg2
 import sqlalchemy as sa
 from psycopg2 import sql
 
-from orders_api.adapters.database import create_engine
-from orders_api.adapters.execution_queues import execution_queue_declarations
-from orders_api.adapters.rabbitmq_nodes import node_urls
-from orders_api.adapters.schema import upgrade
-from orders_api.config import Settings
-from orders_api.entrypoints.applier import Applier, ApplierSettings
-from tests.execution_reports import count_stored, feed_of, publish_reports, store_orders, story_of
+from orders_api.adapters.postgres.database import create_engine
+from orders_api.adapters.postgres.migrate import upgrade
+from orders_api.adapters.rabbitmq.connections import node_urls
+from orders_api.adapters.rabbitmq.execution_queues import execution_queue_declarations
+from orders_api.execution_feed.applier import Applier
+from orders_api.settings.applier import ApplierSettings
+from orders_api.settings.base import load
+from orders_testkit.execution_reports import count_stored, feed_of, publish_reports, store_orders, story_of
 
 
 def main() -> None:
@@ -40,37 +41,38 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=8)
     arguments = parser.parse_args()
-    defaults = Settings.from_env()
     name = f"orders_bench_applier_{uuid.uuid4().hex[:8]}"
-    server = urlsplit(defaults.database_url)
+    server = urlsplit(load(ApplierSettings).database_url)
     database_url = urlunsplit(server._replace(path=f"/{name}"))
-    settings = Settings(database_url=database_url, rabbitmq_url=defaults.rabbitmq_url)
-    applier_settings = ApplierSettings(
-        queue_prefix=f"bench-executions.{name}", partitions=arguments.partitions
+    settings = load(
+        ApplierSettings,
+        database_url=database_url,
+        execution_queue_prefix=f"bench-executions.{name}",
+        execution_partitions=arguments.partitions,
     )
     upgrade(database_url)
     engine = create_engine(settings, pool_size=2, application_name="orders-bench")
     try:
-        result = _measure(settings, applier_settings, engine, arguments.orders)
+        result = _measure(settings, engine, arguments.orders)
     finally:
         engine.dispose()
-        _drop_queues(settings, applier_settings)
+        _drop_queues(settings)
         _drop_database(urlunsplit(server._replace(path="/postgres")), name)
     print(json.dumps(result))
 
 
-def _measure(
-    settings: Settings, applier_settings: ApplierSettings, engine: sa.Engine, orders: int
-) -> dict[str, int]:
+def _measure(settings: ApplierSettings, engine: sa.Engine, orders: int) -> dict[str, int]:
     rng = random.Random(1)
     stored = store_orders(engine, orders, quantity=1000)
     stories = [story_of(order, rng) for order in stored]
     feed = feed_of(stories, rng, repeats=0.1)
     distinct = sum(len(story) for story in stories)
     started = time.monotonic()
-    publish_reports(settings.rabbitmq_url, applier_settings.queue_prefix, applier_settings.partitions, feed)
+    publish_reports(
+        settings.rabbitmq_url, settings.execution_queue_prefix, settings.execution_partitions, feed
+    )
     published_s = time.monotonic() - started
-    applier = Applier(settings, applier_settings, engine)
+    applier = Applier(settings, engine)
     thread = threading.Thread(target=applier.run)
     ids = [order.id for order in stored]
     started = time.monotonic()
@@ -92,12 +94,12 @@ def _measure(
     }
 
 
-def _drop_queues(settings: Settings, applier_settings: ApplierSettings) -> None:
+def _drop_queues(settings: ApplierSettings) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(node_urls(settings.rabbitmq_url)[0]))
     try:
         channel = connection.channel()
         for declaration in execution_queue_declarations(
-            applier_settings.queue_prefix, applier_settings.partitions
+            settings.execution_queue_prefix, settings.execution_partitions
         ):
             channel.queue_delete(declaration.name)
     finally:

@@ -8,7 +8,7 @@ exchange taking 0.5 s and failing one time in ten), with the API running:
    70th percentile of ``placed_at`` (the start and the retry tail left out) and compared with
    the ideal ``in_flight / 0.5 s``. Meanwhile the workers' resident memory and the PostgreSQL
    connections they hold (``application_name`` ``orders-worker``) are sampled; their maxima
-   are reported.
+   are reported, with the CPU the workers, PostgreSQL and RabbitMQ used per exchange call.
 2. **201 → placed.** With the workers idle, orders arrive for a few seconds at about half the
    ideal rate; ``placed_at - created_at`` of each (``created_at`` is taken just before the
    commit that precedes the ``201``) gives the p50/p99 a client sees when the workers keep up.
@@ -27,12 +27,12 @@ from pathlib import Path
 from psycopg2.extensions import connection
 
 from bench.answer_window import windows_ms
-from bench.cpu import rss_mb
+from bench.cpu import CpuMeter, rss_mb
 from bench.load import run_wrk
 from bench.sandbox import Sandbox, scalar
 from bench.stats import percentile, steady_rate
-from orders_api.config import Settings
-from tests.e2e.processes import STOP_TIMEOUT_S, ProcessOptions, RunningService, running_service
+from orders_api.settings.shared import Settings
+from orders_testkit.processes import STOP_TIMEOUT_S, ProcessOptions, RunningService, running_service
 from workers.bootstrap import APPLICATION_NAME
 
 #: Seconds one successful call to the stand-in exchange takes.
@@ -73,6 +73,13 @@ class PlacementResult:
     window_p50_ms: float
     window_p99_ms: float
     window_max_ms: float
+    #: While draining the backlog: its orders, their calls to the exchange (attempts), and the
+    #: CPU seconds of the workers, PostgreSQL and RabbitMQ.
+    backlog_orders: int = 0
+    calls: int = 0
+    worker_cpu_s: float = math.nan
+    postgres_cpu_s: float = math.nan
+    rabbitmq_cpu_s: float = math.nan
 
     @property
     def ideal(self) -> float:
@@ -111,7 +118,11 @@ def measure(
             stop_when=lambda: _created(database, started) >= backlog,
         )
         service.restart_workers()
+        meter = CpuMeter({"workers": service.workers_pid}, {"postgres": "postgres", "rabbitmq": "rabbitmq"})
+        meter.start()
         rss, connections = _drain(database, started, service.workers_pid)
+        cpu = meter.stop()
+        backlog_orders, calls = _calls(database, started)
         placed_times = _placed_times(database, started)
         rate = steady_rate(placed_times)
 
@@ -136,6 +147,11 @@ def measure(
         window_p50_ms=percentile(windows, 50),
         window_p99_ms=percentile(windows, 99),
         window_max_ms=windows[-1] if windows else math.nan,
+        backlog_orders=backlog_orders,
+        calls=calls,
+        worker_cpu_s=cpu["workers"],
+        postgres_cpu_s=cpu["postgres"],
+        rabbitmq_cpu_s=cpu["rabbitmq"],
     )
 
 
@@ -183,6 +199,18 @@ def _created(database: connection, since: float) -> int:
         cursor.execute("SELECT count(*) FROM orders WHERE created_at >= to_timestamp(%s)", (since,))
         count: int = scalar(cursor)
         return count
+
+
+def _calls(database: connection, since: float) -> tuple[int, int]:
+    """The orders created since ``since``, and their calls to the exchange: one per attempt."""
+    with database.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), coalesce(sum(attempts), 0) FROM orders WHERE created_at >= to_timestamp(%s)",
+            (since,),
+        )
+        row = cursor.fetchone()
+    assert row is not None  # an aggregate always returns a row
+    return int(row[0]), int(row[1])
 
 
 def _placed_times(database: connection, since: float) -> list[float]:

@@ -22,7 +22,7 @@ import pika.channel
 import pika.frame
 from pika.adapters.select_connection import SelectConnection
 
-from orders_api.adapters.placement_queue import queue_declarations
+from orders_api.adapters.rabbitmq.placement_queue import queue_declarations
 
 #: A body the size of a real placement request.
 BODY = (

@@ -20,7 +20,7 @@ from typing import Any
 
 import pika
 
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, QueueDeclaration
+from orders_api.adapters.rabbitmq.confirmed_publisher import ConfirmedPublisher, QueueDeclaration
 
 #: Seconds the drain may take before the measurement gives up.
 DRAIN_TIMEOUT_S = 120

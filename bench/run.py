@@ -11,13 +11,14 @@ In order, on a database and a RabbitMQ vhost of the run's own (dropped at the en
    persistent publishes (:mod:`bench.publish_rate`) at the same concurrency, the ceilings of
    the chain.
 3. ``POST /orders`` at 64 connections with the exchange up, then, on the same processes, while
-   every call to it fails (the workers' entry point :mod:`tests.faults.outage_workers` refuses
+   every call to it fails (the workers' entry point :mod:`orders_testkit.outage_workers` refuses
    every call while a marker file exists): the ratio of the two is the endpoint's isolation
    from the exchange, free of the run-to-run noise between two separately started services.
 4. Placement throughput at 64, 256 and 512 orders in flight (:mod:`bench.placement`).
 5. Execution reports end to end, feed -> ingestor -> applier, at 5,000 reports/s offered and as
    fast as possible, against one process's confirmed publishes (:mod:`bench.execution_feed`,
    in a database and vhost of its own, since it empties the orders between its runs).
+6. What an order costs, each figure against its target (:mod:`bench.cost`), from the steps above.
 
 Load comes from wrk (C, a process of its own, ``bench/orders.lua``: a unique body per request);
 its CPU share is in the table. Every run is bounded in time; every process is stopped, even on
@@ -45,14 +46,17 @@ from typing import Any
 
 import requests
 
-from bench import ceilings, execution_feed, placement
+from bench import ceilings, cost, execution_feed, placement
 from bench.cpu import CpuMeter
 from bench.load import LoadResult, run_wrk
 from bench.report import Row, plot, ratio, table
 from bench.sandbox import Sandbox, sandbox, scalar
-from orders_api.config import Settings
-from tests.e2e.processes import BIN, PROJECT_ROOT, ProcessOptions, RunningService, running_service
-from tests.faults.harness import OUTAGE_MARKER_ENV
+from orders_api.settings.api import ApiSettings
+from orders_api.settings.base import load
+from orders_api.settings.shared import Settings
+from orders_api.settings.workers import WorkerSettings
+from orders_testkit.fault_exchange import OUTAGE_MARKER_ENV
+from orders_testkit.processes import BIN, PROJECT_ROOT, ProcessOptions, RunningService, running_service
 
 #: Connections (and, for the ceilings, concurrency) of the two load levels.
 CONNECTIONS = (16, 64)
@@ -62,22 +66,21 @@ IN_FLIGHT = (64, 256, 512)
 WARM_UP_S = 2.0
 #: Seconds the bare endpoint's gunicorn has to answer after it starts.
 BARE_START_TIMEOUT_S = 20.0
-#: The bare endpoint's gunicorn: the issue's reference, 2 gthread workers of 16 threads.
+#: The bare endpoint's gunicorn: the reference the targets are set against, 2 gthread workers of 16 threads.
 BARE_WORKERS, BARE_THREADS = 2, 16
 #: The workers' entry point whose exchange refuses every call while the marker file exists.
-OUTAGE_WORKER_MODULE = "tests.faults.outage_workers"
+OUTAGE_WORKER_MODULE = "orders_testkit.outage_workers"
 #: Who runs what, for the CPU split.
 _USERS = {"postgres": "postgres", "rabbitmq": "rabbitmq"}
 
 
-def make_run_options(environ: Mapping[str, str] | None = None) -> ProcessOptions:
-    """The processes ``make run`` starts, from the variables ``make`` exports (its defaults otherwise)."""
-    env = os.environ if environ is None else environ
+def make_run_options(api: ApiSettings, workers: WorkerSettings) -> ProcessOptions:
+    """The processes ``make run`` starts, as the API's and the workers' settings size them."""
     return ProcessOptions(
-        web_workers=int(env.get("WEB_WORKERS", "2")),
-        web_threads=int(env.get("WEB_THREADS", "32")),
-        worker_processes=int(env.get("WORKER_PROCESSES", "2")),
-        worker_threads=int(env.get("WORKER_THREADS", "128")),
+        web_workers=api.web_workers,
+        web_threads=api.web_threads,
+        worker_processes=workers.worker_processes,
+        worker_threads=workers.worker_threads,
     )
 
 
@@ -88,13 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", type=Path, default=PROJECT_ROOT / "docs", help="where the PNGs go")
     arguments = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="orders-bench-"))
-    options = make_run_options()
+    options = make_run_options(load(ApiSettings), load(WorkerSettings))
     print(f"bench: machine {machine()}", flush=True)
     print(f"bench: make run's processes {options}; logs and raw figures in {workdir}", flush=True)
     started = time.monotonic()
     with sandbox() as box:
-        rows, figures, series = _measure(box, options, arguments.duration, workdir)
-    print("bench: execution feed end to end (issue 11)", flush=True)
+        rows, figures, series, partial_cost = _measure(box, options, arguments.duration, workdir)
+    print("bench: execution feed end to end", flush=True)
     with sandbox() as feed_box:
         baseline, feed_runs = execution_feed.measure_all(
             feed_box,
@@ -105,10 +108,18 @@ def main(argv: list[str] | None = None) -> None:
         )
     rows += execution_feed.rows(feed_runs, baseline)
     figures["execution_feed"] = {"baseline": asdict(baseline), "runs": [asdict(run) for run in feed_runs]}
+    at_target = next(run for run in feed_runs if run.offered == execution_feed.TARGET_RATE)
+    order_cost = cost.OrderCost(
+        **partial_cost,
+        report_ms=at_target.cpu_ms_per_report,
+        reports_per_order=at_target.reports / execution_feed.DEFAULT_ORDERS,
+    )
+    figures["cost"] = {**asdict(order_cost), "cpu_s_per_1000_orders": order_cost.cpu_s_per_1000_orders}
     (workdir / "results.json").write_text(json.dumps(figures, indent=2, default=str))
     written = plot(series, arguments.plots)
     print(table(rows))
     print(execution_feed.verdict(feed_runs))
+    print(cost.table(cost.targets(order_cost)))
     print(f"bench: {time.monotonic() - started:.0f} s; plots {', '.join(str(path) for path in written)}")
 
 
@@ -127,7 +138,8 @@ def machine() -> str:
 
 def _measure(
     box: Sandbox, options: ProcessOptions, duration_s: float, workdir: Path
-) -> tuple[list[Row], dict[str, Any], dict[str, Any]]:
+) -> tuple[list[Row], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Steps 1 to 4, and the fields of :class:`bench.cost.OrderCost` they measure (all but the feed's)."""
     figures: dict[str, Any] = {}
     settings = Settings(database_url=box.database_url, rabbitmq_url=box.rabbitmq_url)
 
@@ -136,6 +148,8 @@ def _measure(
         (workdir / part).mkdir()
     with running_service(settings, workdir / "service", options) as service:
         normal = {c: _post(box, service, c, duration_s, workdir / f"post-{c}") for c in CONNECTIONS}
+        print("bench: POST /orders at 64 again, as placements pile up behind the first run", flush=True)
+        again = _post(box, service, 64, duration_s, workdir / "post-64-again")
         print("bench: POST /orders with the workers paused (where the cores go)", flush=True)
         with _workers_paused(service):
             paused = _post(box, service, 64, duration_s, workdir / "post-64-workers-paused")
@@ -195,6 +209,7 @@ def _measure(
         )
     for c in CONNECTIONS:
         rows.append(_post_row("POST /orders", normal[c], ratio(normal[c][0].rate, bare[c].rate, "of bare")))
+    rows.append(_post_row("POST /orders, again", again, ratio(again[0].rate, normal[64][0].rate, "of first")))
     rows.append(
         _post_row("POST /orders, workers paused", paused, ratio(paused[0].rate, bare[64].rate, "of bare"))
     )
@@ -243,6 +258,7 @@ def _measure(
         machine=machine(),
         options=asdict(options),
         post={c: _load_figures(*normal[c]) for c in CONNECTIONS},
+        post_again=_load_figures(*again),
         bare={c: _load_figures(bare[c]) for c in CONNECTIONS},
         inserts={c: asdict(inserts[c]) for c in CONNECTIONS},
         publishes={c: asdict(publishes[c]) for c in CONNECTIONS},
@@ -255,7 +271,38 @@ def _measure(
         "POST /orders, 64 conns": normal[64][0].records,
         "POST /orders, 64 conns, exchange outage": outage[0].records,
     }
-    return rows, figures, series
+    return rows, figures, series, _cost_so_far(normal[64], again, paused, bare[64], placements)
+
+
+def _cost_so_far(
+    first: tuple[LoadResult, int, dict[str, float]],
+    again: tuple[LoadResult, int, dict[str, float]],
+    paused: tuple[LoadResult, int, dict[str, float]],
+    bare: LoadResult,
+    placements: list[placement.PlacementResult],
+) -> dict[str, Any]:
+    """The fields of :class:`bench.cost.OrderCost` that steps 1 to 4 measure."""
+    post, _, _ = first
+    paused_post, _, paused_cpu = paused
+    accepted = paused_post.rate * paused_post.duration_s
+    drain = next(result for result in placements if result.in_flight == 256)
+    widest = next(result for result in placements if result.in_flight == 512)
+    return {
+        "post_of_bare": post.rate / bare.rate,
+        "post_p99_ms": post.p99_ms,
+        "post_errors": post.errors,
+        "second_of_first": again[0].rate / post.rate,
+        "api_ms": paused_cpu["api"] / accepted * 1000,
+        "api_chain_ms": (paused_cpu["api"] + paused_cpu["postgres"] + paused_cpu["rabbitmq"])
+        / accepted
+        * 1000,
+        "worker_ms_per_call": drain.worker_cpu_s / drain.calls * 1000,
+        "worker_chain_ms_per_call": (drain.worker_cpu_s + drain.postgres_cpu_s + drain.rabbitmq_cpu_s)
+        / drain.calls
+        * 1000,
+        "calls_per_order": drain.calls / drain.backlog_orders,
+        "placements_512_of_ideal": widest.rate / widest.ideal,
+    }
 
 
 def _post(

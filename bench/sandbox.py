@@ -17,8 +17,8 @@ from urllib.parse import quote
 import psycopg2
 from psycopg2 import sql
 
-from orders_api.adapters.schema import upgrade
-from tests.rabbitmq_admin import RabbitAdmin
+from orders_api.adapters.postgres.migrate import upgrade
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 
 #: The PostgreSQL server the run creates its database on.
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")

@@ -84,8 +84,13 @@ class Order:
     claimed_until: datetime | None = None
     #: Claims in a row whose lease ran out with no outcome recorded: their worker died mid-placement.
     abandoned_claims: int = 0
+    #: The attempt (claim number) whose exchange call placed the order; ``None`` until placed.
+    placed_attempt: int | None = None
+    #: Other attempts whose exchange call placed the order too: each is one order placed twice
+    #: on the exchange, which only a worker paused or killed inside the call can cause.
+    duplicate_attempts: tuple[int, ...] = ()
     #: What the exchange's execution reports say so far; only the applier changes it
-    #: (:mod:`orders_api.adapters.execution_ledger`).
+    #: (:mod:`orders_api.adapters.postgres.execution_ledger`).
     execution: ExecutionState = field(default_factory=ExecutionState)
 
     def claim(self, now: datetime, lease: timedelta, *, takeover_delay: timedelta = timedelta(0)) -> Order:
@@ -118,18 +123,23 @@ class Order:
             self, attempts=self.attempts + 1, claimed_until=now + lease, abandoned_claims=abandoned
         )
 
-    def placed(self, now: datetime) -> Order:
-        """Return the order as placed on the exchange at ``now``.
+    def placed(self, now: datetime, attempt: int) -> Order:
+        """Return the order as placed on the exchange at ``now`` by the call of attempt ``attempt``.
 
         The exchange's acceptance is a fact whatever the order's stored state says, so this
         applies even over another delivery's claim; an order placed before keeps its first time.
+        An order another attempt placed already was placed twice: ``attempt`` joins
+        :attr:`duplicate_attempts` (once, however often it is recorded).
         """
         if self.status is OrderStatus.PLACED:
-            return self
+            if self.placed_attempt in (None, attempt) or attempt in self.duplicate_attempts:
+                return self
+            return replace(self, duplicate_attempts=(*self.duplicate_attempts, attempt))
         return replace(
             self,
             status=OrderStatus.PLACED,
             placed_at=now,
+            placed_attempt=attempt,
             claimed_until=None,
             last_error=None,
             abandoned_claims=0,

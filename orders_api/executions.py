@@ -4,7 +4,7 @@ The feed repeats reports and delivers them out of order, so the rules are built 
 state whatever order a set of distinct reports arrives in: a fill adds its quantity and notional
 (addition commutes), and the status follows the report with the highest ``seq`` seen so far, so
 a late report never undoes a later one. Repeats are kept out by the caller (each ``exec_id`` is
-applied once, :mod:`orders_api.adapters.execution_ledger`); every amount is a :class:`Decimal`
+applied once, :mod:`orders_api.adapters.postgres.execution_ledger`); every amount is a :class:`Decimal`
 or an integer, never a float.
 """
 
@@ -151,7 +151,8 @@ def report_from_fields(fields: object) -> ExecutionReport:
 
     :raises MalformedReportError: ``fields`` is not an object, or breaks the feed's contract: a
         fill without a positive quantity and a positive price, another kind with a quantity or a
-        price, a ``seq`` below 1, a timestamp without a time zone.
+        price, a ``seq`` below 1, a timestamp without a time zone, text that is not text (a NUL,
+        a lone surrogate).
     """
     if not isinstance(fields, dict):
         raise MalformedReportError("not a JSON object")
@@ -178,9 +179,23 @@ def report_from_fields(fields: object) -> ExecutionReport:
 
 
 def _text(fields: dict[str, Any], name: str) -> str:
+    """The field as text, if it is text: non-empty, without NUL, and encodable as UTF-8.
+
+    JSON can carry a NUL character and a lone surrogate (as escapes), but neither is text
+    an identifier or a timestamp holds, nor text PostgreSQL stores (psycopg2 raises a bare
+    ``ValueError`` for both, before the statement is even sent). The contract's parser owns
+    the rule rather than the database adapter: it is a property of the value, judged once per
+    report, so such a report is *malformed*, dropped alone, and its batch stays one transaction.
+    """
     value = fields.get(name)
     if not isinstance(value, str) or not value:
         raise MalformedReportError(f"{name} must be a non-empty string")
+    if "\x00" in value:
+        raise MalformedReportError(f"{name} holds a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedReportError(f"{name} holds a lone surrogate, which is not text") from None
     return value
 
 

@@ -23,17 +23,17 @@ api_metrics="PROMETHEUS_MULTIPROC_DIR=${metrics_dir@Q}/api"
 worker_metrics="dramatiq_prom_db=${metrics_dir@Q}/workers PROMETHEUS_MULTIPROC_DIR=${metrics_dir@Q}/workers"
 worker_metrics+=" dramatiq_prom_host=${dramatiq_prom_host:-127.0.0.1}"
 
-# The exchange's execution feed: its simulator (a stand-in, like orders_api/stock_exchange.py),
+# The exchange's execution feed: its simulator (a stand-in, like exchange_simulator/stock_exchange.py),
 # the ingestor that follows it into RabbitMQ, and the applier that writes the fills. The
-# simulator's durable log lives beside the checkout, not in the temporary directory: the
+# simulator's durable logs live beside the checkout, not in the temporary directory: the
 # ingestor's resume point is in PostgreSQL, which outlives a reboot, and must find the log it
-# points into.
+# points into. One log per orders database (a folder each), so another DATABASE_URL starts afresh.
 feed_state="FEED_STATE_DIR=${FEED_STATE_DIR:-.state/exchange-feed}"
 
 echo "orders: API on http://127.0.0.1:${PORT:-8000}, workers, reconciliation and the execution feed" \
   "(simulator, ingestor, applier); a process that dies is restarted; Ctrl-C stops them all"
 exec "$bin/python" "$(dirname "$0")/supervise.py" \
-  api "env $api_metrics $q/gunicorn --config python:orders_api.entrypoints.gunicorn_config orders_api.wsgi:app" \
+  api "env $api_metrics $q/gunicorn --config python:orders_api.api.gunicorn_config orders_api.wsgi:app" \
   workers "env $worker_metrics $q/orders-workers" \
   reconciliation "$q/flask --app orders_api.wsgi reconcile --every 60" \
   exchange-feed "env $feed_state $q/orders-exchange-feed" \

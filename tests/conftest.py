@@ -20,12 +20,12 @@ import sqlalchemy as sa
 from dramatiq.common import dq_name, xq_name
 from psycopg2 import sql
 
-from orders_api.adapters.database import create_engine
-from orders_api.adapters.placement_queue import policy_name
-from orders_api.adapters.queue_topology import set_up_placement_queues
-from orders_api.adapters.schema import upgrade
-from orders_api.config import Settings
-from tests.rabbitmq_admin import MANAGEMENT_URL, RabbitAdmin
+from orders_api.adapters.postgres.database import create_engine
+from orders_api.adapters.postgres.migrate import upgrade
+from orders_api.adapters.rabbitmq.placement_queue import policy_name
+from orders_api.adapters.rabbitmq.queue_topology import set_up_placement_queues
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import MANAGEMENT_URL, RabbitAdmin
 
 #: The PostgreSQL server the tests use; each run gets its own database on it.
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from orders_api.exchange_feed.stories import PlacedOrder, Step
+from exchange_simulator.feed.stories import PlacedOrder, Step
 
 #: Kinds that end a story.
 TERMINAL_KINDS = frozenset({"fill", "cancelled", "rejected"})

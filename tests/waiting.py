@@ -8,10 +8,21 @@ from collections.abc import Callable
 import pytest
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, *, every_s: float = 0.05) -> None:
-    """Return once ``condition()`` holds; fail the test, naming ``what``, after ``timeout_s``."""
+def wait_until(
+    condition: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    *,
+    every_s: float = 0.05,
+    state: Callable[[], str] | None = None,
+) -> None:
+    """Return once ``condition()`` holds; fail the test, naming ``what``, after ``timeout_s``.
+
+    ``state`` describes what the test is waiting on, for the failure's message: a wait that
+    times out only on a loaded machine is then explained by the one run that saw it.
+    """
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
+            pytest.fail(f"timed out waiting for {what}" + (f"; {state()}" if state is not None else ""))
         time.sleep(every_s)

@@ -7,8 +7,10 @@ import logging
 import dramatiq
 from dramatiq.middleware.prometheus import Prometheus
 
-from orders_api import stock_exchange
-from orders_api.adapters.database import bound_database_waits, create_engine
+from exchange_simulator import stock_exchange
+from orders_api.adapters.postgres.database import bound_database_waits, create_engine
+from orders_api.adapters.postgres.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.adapters.rabbitmq.placement_queue import PLACE_ORDER_ACTOR
 from orders_api.domain import ClaimHeldError, Order
 from orders_api.service_layer.claims import ClaimKeeper
 from orders_api.service_layer.placement import (
@@ -17,13 +19,13 @@ from orders_api.service_layer.placement import (
     mark_failed,
     parse_order_id,
 )
-from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.settings.workers import WorkerSettings
+from workers.answer_courier import answer_courier, declare_record_answer_actor
 from workers.broker import create_broker
 from workers.claim_renewal import ClaimRenewal
 from workers.metrics import WorkerMetrics
 from workers.placement_actor import after_claim_ms, declare_place_order_actor, exchange_breaker
 from workers.retries import GiveUpDeferredError
-from workers.settings import WorkerSettings
 from workers.time_limit import LiftableTimeLimit
 
 logger = logging.getLogger(__name__)
@@ -53,16 +55,16 @@ def bootstrap(
     """
     observer = WorkerMetrics() if metrics else None
     # Bounds every database wait, and under gevent lets the other greenlets run meanwhile.
-    bound_database_waits(settings.shared.db_reply_timeout_s)
+    bound_database_waits(settings.db_reply_timeout_s)
     # Every write of the placement use cases is one compare-and-set statement that stands alone,
     # so the workers' connections run in autocommit: no BEGIN and COMMIT round trips around them.
     engine = create_engine(
-        settings.shared, pool_size=settings.db_pool_size, application_name=APPLICATION_NAME, autocommit=True
+        settings, pool_size=settings.worker_db_pool_size, application_name=APPLICATION_NAME, autocommit=True
     )
     # Claims are renewed on a connection of their own: placements exhausting the pool must not
     # delay a renewal, or their claims would expire under them.
     renewal_engine = create_engine(
-        settings.shared, pool_size=1, application_name=f"{APPLICATION_NAME}-claims", autocommit=True
+        settings, pool_size=1, application_name=f"{APPLICATION_NAME}-claims", autocommit=True
     )
 
     def unit_of_work() -> SqlAlchemyUnitOfWork:
@@ -82,6 +84,9 @@ def bootstrap(
             observer.gave_up(error)
 
     def fail_order(message: dramatiq.MessageProxy, error: BaseException) -> None:
+        if message.actor_name != PLACE_ORDER_ACTOR:
+            logger.error("dead-lettered message %s of %s: %s", message.message_id, message.actor_name, error)
+            return
         try:
             order_id = parse_order_id(message.args[0] if message.args else None)
         except UnloadableOrderError:
@@ -103,6 +108,7 @@ def bootstrap(
         extra_middleware=[Prometheus()] if metrics else [],
     )
     dramatiq.set_broker(broker)
+    record_answer = declare_record_answer_actor(broker, settings, unit_of_work, observer)
     declare_place_order_actor(
         broker,
         settings,
@@ -111,6 +117,7 @@ def bootstrap(
         breaker=exchange_breaker(settings, on_change=observer.breaker_changed if observer else None),
         claims=claims,
         time_limit=time_limit,
+        courier=answer_courier(record_answer),
         observer=observer,
     )
     return broker

@@ -11,20 +11,21 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.common import dq_name, xq_name
 from dramatiq.middleware import CurrentMessage, ShutdownNotifications
 
-from orders_api.adapters.placement_queue import queue_declarations
-from orders_api.adapters.rabbitmq_nodes import URL_SEPARATOR, connection_name, node_urls
+from orders_api.adapters.rabbitmq.connections import URL_SEPARATOR, connection_name, node_urls
+from orders_api.adapters.rabbitmq.placement_queue import queue_declarations
+from orders_api.settings.workers import WorkerSettings
 from workers.liveness import WorkerLiveness
 from workers.queue_policies import QueuePolicies
-from workers.request_ids import RequestIds
+from workers.request_id_middleware import RequestIds
 from workers.requeue import RequeuingConsumer
 from workers.retries import DeadLetteringRetries, GiveUpHandler
-from workers.settings import WorkerSettings
 from workers.time_limit import LiftableTimeLimit
 
 #: Seconds between heartbeats; a dead connection is noticed within about two of them.
 HEARTBEAT_S = 20
-#: Seconds a connection may stay blocked by a broker alarm before it is dropped.
-BLOCKED_CONNECTION_TIMEOUT_S = 30
+#: Seconds a worker's connection may stay blocked by a broker alarm before it is dropped: longer
+#: than the API's (:data:`orders_api.adapters.rabbitmq.connections.BLOCKED_CONNECTION_TIMEOUT_S`).
+WORKER_BLOCKED_CONNECTION_TIMEOUT_S = 30
 
 
 def bounded_url(url: str, connect_timeout_s: float) -> str:
@@ -32,7 +33,7 @@ def bounded_url(url: str, connect_timeout_s: float) -> str:
 
     Without them a server that accepts TCP but never completes the AMQP handshake stalls a
     worker for pika's 15 s default, and a blocked connection stalls it forever. ``url`` may name
-    several nodes, separated by ``;`` (:mod:`orders_api.adapters.rabbitmq_nodes`); Dramatiq's
+    several nodes, separated by ``;`` (:mod:`orders_api.adapters.rabbitmq.connections`); Dramatiq's
     broker then connects to the first that answers, so each node's attempt must be bounded.
     """
     return URL_SEPARATOR.join(_bounded_node_url(node, connect_timeout_s) for node in node_urls(url))
@@ -44,7 +45,7 @@ def _bounded_node_url(url: str, connect_timeout_s: float) -> str:
     query.setdefault("socket_timeout", str(connect_timeout_s))
     query.setdefault("stack_timeout", str(2 * connect_timeout_s))
     query.setdefault("heartbeat", str(HEARTBEAT_S))
-    query.setdefault("blocked_connection_timeout", str(BLOCKED_CONNECTION_TIMEOUT_S))
+    query.setdefault("blocked_connection_timeout", str(WORKER_BLOCKED_CONNECTION_TIMEOUT_S))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -57,7 +58,7 @@ class PlacementBroker(RabbitmqBroker):
 
     Dramatiq would declare classic queues with arguments of its own; RabbitMQ refuses (406) to
     re-declare a queue with different arguments, so both sides use
-    :func:`orders_api.adapters.placement_queue.queue_declarations`. Its consumers requeue the
+    :func:`orders_api.adapters.rabbitmq.placement_queue.queue_declarations`. Its consumers requeue the
     messages whose retry could not be scheduled (:class:`workers.requeue.RequeuingConsumer`).
     Every connection carries the process's ``connection_name``.
     """
@@ -104,7 +105,7 @@ def create_broker(
     ``extra_middleware`` (say, Dramatiq's Prometheus middleware) is added after the others.
     """
     return PlacementBroker(
-        url=bounded_url(settings.shared.rabbitmq_url, settings.shared.connect_timeout_s),
+        url=bounded_url(settings.rabbitmq_url, settings.connect_timeout_s),
         confirm_delivery=True,
         middleware=[
             # First: its id is bound before the others' hooks and cleared after them.
@@ -113,9 +114,9 @@ def create_broker(
             ShutdownNotifications(),
             CurrentMessage(),
             DeadLetteringRetries(on_give_up=on_give_up),
-            WorkerLiveness(),
+            WorkerLiveness(settings.worker_liveness_file),
             claim_renewal,
-            QueuePolicies(settings.shared),
+            QueuePolicies(settings),
             *extra_middleware,
         ],
     )

@@ -22,9 +22,11 @@ def main() -> int:
     from dramatiq.cli import main as dramatiq_main
 
     from orders_api.logging_setup import configure_logging
+    from orders_api.settings.base import load
+    from orders_api.settings.logs import LoggingSettings
     from workers.greenlet_errors import log_greenlet_errors
 
-    configure_logging()
+    configure_logging(load(LoggingSettings))
     log_greenlet_errors()
     status: int = dramatiq_main()  # type: ignore[no-untyped-call]
     return status

@@ -8,10 +8,11 @@ threads are alive; the check command fails once any running process's heartbeat 
     python -m workers.liveness --max-age 30
 
 Each process has a heartbeat of its own (``<file>.<parent pid>.<pid>``, where ``<file>`` is
-``WORKER_LIVENESS_FILE``): with one file shared by ``dramatiq -p 2``, a healthy process would
-hide a hung sibling. Heartbeats of another Dramatiq run (another parent) are removed when a
-worker boots, and the check ignores those of processes that are gone. A dead worker process
-needs no heartbeat to be noticed: the Dramatiq CLI then stops all the others and exits.
+``WORKER_LIVENESS_FILE``, :mod:`orders_api.settings.liveness`): with one file shared by
+``dramatiq -p 2``, a healthy process would hide a hung sibling. Heartbeats of another Dramatiq
+run (another parent) are removed when a worker boots, and the check ignores those of processes
+that are gone. A dead worker process needs no heartbeat to be noticed: the Dramatiq CLI then
+stops all the others and exits.
 """
 
 from __future__ import annotations
@@ -21,30 +22,23 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import dramatiq
 
+from orders_api.settings.base import load
+from orders_api.settings.liveness import WorkerLivenessSettings
+
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming the heartbeat file; each process appends ``.<parent pid>.<pid>``.
-LIVENESS_FILE_ENV = "WORKER_LIVENESS_FILE"
 #: Seconds between two touches of a heartbeat.
 TOUCH_INTERVAL_S = 5.0
 #: Default age, in seconds, past which the check fails: several missed touches, not one late one.
 DEFAULT_MAX_AGE_S = 30.0
-
-
-def liveness_file(environ: Mapping[str, str] | None = None) -> Path:
-    """The heartbeat file named by the environment, else one in the system's temporary directory."""
-    env = os.environ if environ is None else environ
-    configured = env.get(LIVENESS_FILE_ENV)
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / "orders-worker-alive"
 
 
 @dataclass(frozen=True)
@@ -89,8 +83,8 @@ class WorkerLiveness(dramatiq.Middleware):
     thread stops touching, and the check command fails once the heartbeat is older than its bound.
     """
 
-    def __init__(self, base: Path | None = None, *, interval_s: float = TOUCH_INTERVAL_S) -> None:
-        self.base = base if base is not None else liveness_file()
+    def __init__(self, base: Path, *, interval_s: float = TOUCH_INTERVAL_S) -> None:
+        self.base = base
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -182,10 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--file",
         type=Path,
         default=None,
-        help=f"the heartbeat file (default ${LIVENESS_FILE_ENV}, else one in the temporary directory)",
+        help="the heartbeat file (default $WORKER_LIVENESS_FILE, else one in the temporary directory)",
     )
     arguments = parser.parse_args(argv)
-    live, reason = check(arguments.file or liveness_file(), arguments.max_age)
+    live, reason = check(
+        arguments.file or load(WorkerLivenessSettings).worker_liveness_file, arguments.max_age
+    )
     print(reason, file=sys.stdout if live else sys.stderr)
     return 0 if live else 1
 

@@ -7,8 +7,10 @@ main process writes every worker's lines, and the lines sent there are to be JSO
 """
 
 from orders_api.logging_setup import configure_logging
+from orders_api.settings.base import load
+from orders_api.settings.workers import WorkerSettings
 from workers.bootstrap import bootstrap
-from workers.settings import WorkerSettings
 
-configure_logging()
-broker = bootstrap(WorkerSettings.from_env(), metrics=True)
+settings = load(WorkerSettings)
+configure_logging(settings)
+broker = bootstrap(settings, metrics=True)

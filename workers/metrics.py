@@ -18,7 +18,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from orders_api.service_layer.ordering import utc_now
+from orders_api.clock import utc_now
 from orders_api.service_layer.placement import PlacementOutcome
 
 #: Seconds from an order's creation to ``placed``: 0.5 s at best (the exchange's answer), minutes
@@ -37,7 +37,8 @@ class WorkerMetrics:
         """Create the metrics, in ``registry`` if given."""
         self._placements = Counter(
             "orders_placements",
-            "Placement messages handled to the end, by outcome: placed, already placed, orphan dropped.",
+            "Placement messages handled to the end, by outcome: placed, placed again (a second placement"
+            " on the exchange, after a pause or crash inside the call), already placed, orphan dropped.",
             ["outcome"],
             registry=registry,
         )
@@ -51,6 +52,13 @@ class WorkerMetrics:
             "orders_dead_letters",
             "Placement messages given up (order failed, message dead-lettered), by the error that ended it.",
             ["error"],
+            registry=registry,
+        )
+        self._taken_over = Counter(
+            "orders_claims_taken_over",
+            "Claims taken over from a holder that stopped renewing mid-placement (killed, or paused past"
+            " its lease): each is an order the exchange may hold twice; a second placement found when"
+            " recorded is counted as placed_again.",
             registry=registry,
         )
         self._breaker_open = Gauge(
@@ -75,6 +83,10 @@ class WorkerMetrics:
     def retried(self, reason: str) -> None:
         """A message is to be retried, for ``reason``."""
         self._retries.labels(reason).inc()
+
+    def took_over(self) -> None:
+        """A claim abandoned mid-placement was taken over."""
+        self._taken_over.inc()
 
     def gave_up(self, error: BaseException) -> None:
         """A message was given up for ``error``: its order is failed, the message dead-lettered."""

@@ -1,6 +1,6 @@
 """The workers' boot check: consume only once the placement queues are under their policies.
 
-Dead-lettering comes from the queues' policies (:mod:`orders_api.adapters.queue_topology`).
+Dead-lettering comes from the queues' policies (:mod:`orders_api.adapters.rabbitmq.queue_topology`).
 Dramatiq rejects a message it gives up on without requeueing it, so a worker consuming from a
 queue without its policy would drop such messages instead of dead-lettering them. Each worker
 process therefore checks the policies before its consumers start, puts those missing, and
@@ -16,8 +16,8 @@ import dramatiq
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import MiddlewareError
 
-from orders_api.adapters.queue_topology import TopologyError, ensure_policies
-from orders_api.config import Settings
+from orders_api.adapters.rabbitmq.queue_topology import TopologyError, ensure_policies
+from orders_api.settings.shared import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,19 @@ logger = logging.getLogger(__name__)
 GiveUpHandler = Callable[[dramatiq.MessageProxy, BaseException], None]
 
 
+class WaitingRetry(dramatiq.Retry):
+    """A retry that waits for a dependency instead of reporting an answer of the exchange.
+
+    The database, the broker, an open breaker or another delivery's claim. It spends none of
+    the message's retries and leaves its backoff where it was: an outage of any length must not
+    use up the budget that is there for the exchange's own refusals, or the first ordinary
+    refusal after a long outage would fail the order. It must carry a ``delay``.
+    """
+
+    def __init__(self, message: str = "", *, delay: int) -> None:
+        super().__init__(message, delay=delay)
+
+
 class GiveUpDeferredError(Exception):
     """The message must not be given up yet (another delivery is placing its order); retry it later."""
 
@@ -35,7 +48,12 @@ LONGEST_REQUEUE_PAUSE_S = 2.0
 
 
 class DeadLetteringRetries(Retries):
-    """Dramatiq's retries with two changes.
+    """Dramatiq's retries with three changes.
+
+    A :class:`WaitingRetry` is scheduled after its own delay without counting as a retry:
+    stock ``Retries`` adds one to ``options["retries"]`` for every exception, a ``Retry`` whose
+    ``retry_when`` exempts it from the limit included, so waiting for the database spent the
+    budget, and the backoff of the next ordinary retry grew with it.
 
     Stock ``Retries`` republishes a retry to the delay queue and the worker then acks the
     original; when that republish fails, the error is swallowed by the broker's middleware
@@ -87,6 +105,9 @@ class DeadLetteringRetries(Retries):
         """Schedule a retry, dead-letter the message when it is given up, requeue it when neither works."""
         if exception is None:
             return
+        if isinstance(exception, WaitingRetry):
+            self._retry_later(broker, message, exception.delay or 0)
+            return
         try:
             super().after_process_message(  # type: ignore[no-untyped-call]  # dramatiq leaves it untyped
                 broker, message, result=result, exception=exception
@@ -108,11 +129,14 @@ class DeadLetteringRetries(Retries):
             logger.exception("could not record that message %s was given up", message.message_id)
 
     def _retry_later(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, delay_ms: int) -> None:
-        """Schedule the message again after ``delay_ms``, or requeue it if that fails, as for any retry."""
+        """Schedule the message again after ``delay_ms``, its retries unspent, or requeue it if that fails."""
         try:
             broker.enqueue(message.copy(), delay=delay_ms)
         except Exception:
             self._requeue(message)
+            return
+        with self._lock:
+            self._unscheduled_in_a_row = 0
 
     def _requeue(self, message: dramatiq.MessageProxy) -> None:
         """Have the worker hand the message back to its queue, since no retry could be scheduled."""

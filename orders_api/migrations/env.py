@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations on the URL handed over by ``orders_api.adapters.database``.
+"""Alembic environment: runs migrations on the URL handed over by ``orders_api.adapters.postgres.migrate``.
 
 Migrations run under a PostgreSQL advisory lock so that several pods or processes starting at
 once migrate one after another instead of racing on the same DDL.
@@ -9,14 +9,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from orders_api.adapters.database import silent_peer_options
+from orders_api.adapters.postgres.database import unpooled_engine
 
 #: Advisory lock key reserved for schema migrations ("orders" in ASCII).
 MIGRATION_LOCK_KEY = 0x6F7264657273
 
 database_url: sa.URL = context.config.attributes["database_url"]
-# No reply deadline (a migration may rightly run long), but a server gone silent is noticed.
-engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool, connect_args=silent_peer_options())
+engine = unpooled_engine(database_url)
 with engine.connect() as connection:
     connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     connection.commit()

@@ -1,8 +1,10 @@
 """A worker process's claims, kept alive for as long as the process lives.
 
-A claim on an order is a lease. Were it fixed, a placement whose outcome could not be recorded
-before the lease ran out (the database away for longer than the lease) would be taken over by
-another delivery, which would call the exchange a second time. So the process that holds a claim
+A claim on an order is a lease, written and judged on the database's clock: a worker's own
+clock may run ahead, or step after an outage, and would take a live claim. Were the lease
+fixed, a placement whose outcome could not be recorded before the lease ran out (the database
+away for longer than the lease) would be taken over by another delivery, which would call the
+exchange a second time. So the process that holds a claim
 renews it, every fifth of a lease, from the moment it is taken until the call's outcome is
 recorded, however long that takes: a claim expires only once its holder has stopped renewing it.
 
@@ -13,29 +15,49 @@ take over an expired claim only once its own renewals have reached the database,
 for a whole lease, a time in which any living holder renews its claims too. What remains is a
 holder that is alive but cut off from the database on its own while others reach it; such a
 holder cannot be told from a dead one by anyone, and is written down in solution.md.
+
+The keeper's own view of when each claim runs out is measured on the process's monotonic clock,
+from the moment before the statement that took or renewed it was sent: never later than the
+database's expiry. A holder paused long enough for its claim to near that point (SIGSTOP, a
+stalled VM, a starved event loop) asks the database whether the claim is still its own before
+it calls the exchange (:meth:`ClaimKeeper.still_held`), since another delivery may have taken it
+over meanwhile and called the exchange itself.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from orders_api.domain import Order
-from orders_api.service_layer.ordering import utc_now
 from orders_api.service_layer.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
 #: Renewals per lease: a holder has several chances to renew before its claim runs out.
 RENEWALS_PER_LEASE = 5
+#: The origin of :func:`steady_now`'s readings; any fixed instant would do.
+_STEADY_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def steady_now() -> datetime:
+    """Now on the process's monotonic clock, which never steps, as a datetime to subtract others from.
+
+    Only differences between its readings mean anything; it is no time of day.
+    """
+    return _STEADY_ORIGIN + timedelta(seconds=time.monotonic())
 
 
 class _Claim(NamedTuple):
-    """A claim this process holds: the attempt it was taken for, and when its lease ends."""
+    """A claim this process holds: the attempt it was taken for, and when its lease ends at the latest.
+
+    ``until`` is on the keeper's clock, never the database's.
+    """
 
     attempt: int
     until: datetime
@@ -53,7 +75,7 @@ class ClaimKeeper:
         unit_of_work: Callable[[], UnitOfWork],
         lease: timedelta,
         *,
-        now: Callable[[], datetime] = utc_now,
+        now: Callable[[], datetime] = steady_now,
     ) -> None:
         if lease <= timedelta(0):
             raise ValueError("the lease must be positive")
@@ -78,12 +100,47 @@ class ClaimKeeper:
         with self._lock:
             return {order_id: claim.attempt for order_id, claim in self._held.items()}
 
-    def hold(self, claimed: Order) -> None:
-        """Keep renewing the claim just taken on ``claimed`` until :meth:`let_go`."""
+    def clock(self) -> datetime:
+        """Now on the keeper's clock: read it before taking a claim, and pass it to :meth:`hold`."""
+        return self._now()
+
+    def hold(self, claimed: Order, taken_at: datetime) -> None:
+        """Keep renewing the claim just taken on ``claimed`` until :meth:`let_go`.
+
+        ``taken_at`` is :meth:`clock` read before the claim was read and taken: the lease runs
+        from the database's time of that read, which cannot come before it.
+        """
         if claimed.claimed_until is None:
             raise ValueError(f"order {claimed.id} is not claimed")
         with self._lock:
-            self._held[claimed.id] = _Claim(claimed.attempts, claimed.claimed_until)
+            self._held[claimed.id] = _Claim(claimed.attempts, taken_at + self.lease)
+
+    def still_held(self, order_id: uuid.UUID) -> bool:
+        """Whether the claim on ``order_id`` is still this process's, as the exchange is about to be called.
+
+        Free while more than half a lease is surely left, which is always but after a pause;
+        otherwise the claim is renewed in the database if it is still this process's (nobody
+        took it over with a new attempt), and that tells.
+        """
+        with self._lock:
+            claim = self._held.get(order_id)
+        if claim is None:
+            return False
+        sent_at = self._now()
+        if claim.until - sent_at > self.lease / 2:
+            return True
+        with self._unit_of_work() as uow:
+            renewed = uow.orders.renew_claims({order_id: claim.attempt}, self.lease)
+            uow.commit()
+        if not renewed:
+            logger.warning(
+                "the claim on order %s (attempt %d) was taken over or settled", order_id, claim.attempt
+            )
+            return False
+        with self._lock:
+            if order_id in self._held:
+                self._held[order_id] = _Claim(claim.attempt, sent_at + self.lease)
+        return True
 
     def let_go(self, order_id: uuid.UUID) -> None:
         """Stop renewing the claim on ``order_id``: its outcome is recorded."""
@@ -91,7 +148,7 @@ class ClaimKeeper:
             self._held.pop(order_id, None)
 
     def renew(self) -> bool:
-        """Extend the held claims past half their lease by a lease from now; say if the database answered.
+        """Extend the held claims past half their lease by a lease; say if the database answered.
 
         A claim younger than that is left alone: most placements end within a second, and a
         renewal would make their record's compare-and-set miss (one more read and write each).
@@ -108,7 +165,7 @@ class ClaimKeeper:
             }
         try:
             with self._unit_of_work() as uow:
-                uow.orders.renew_claims(due, until)
+                uow.orders.renew_claims(due, self.lease)
                 uow.commit()
         except Exception as error:
             with self._lock:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from orders_api.clock import utc_now
 from orders_api.domain import Order, OrderType, Side
 from orders_api.idempotency import IdempotencyKey, IdempotencyKeyReusedError, IdempotentRequest
 from orders_api.service_layer.unit_of_work import UnitOfWork
@@ -39,11 +40,6 @@ class SubmitOrder:
     quantity: int
 
 
-def utc_now() -> datetime:
-    """The current time, timezone-aware in UTC, as every timestamp of the service is."""
-    return datetime.now(UTC)
-
-
 def submit_order(
     command: SubmitOrder,
     uow: UnitOfWork,
@@ -65,7 +61,7 @@ def submit_order(
     points to and before publishing, so the key is stored exactly when the order is: a failure
     leaves the key free for the client's retry. If the key already names an order (a repeat, or
     a concurrent request that committed first), nothing is placed and that order is returned
-    as it stands now; an expired key counts as unused.
+    as it stands now, once its commit is durable; an expired key counts as unused.
 
     :raises IdempotencyKeyReusedError: the key was first used with a different request.
     :raises IdempotencyKeyInFlightError: the request holding the key has not ended in time.
@@ -73,14 +69,20 @@ def submit_order(
     order = new_order(command, now=now, new_id=new_id)
     with uow:
         uow.orders.add(order)
+        earlier = None
         if idempotency is not None:
             holder = _claim_key(idempotency, order, uow)
             if holder.order_id != order.id:
-                # Leaving without a commit rolls back the order inserted above.
-                return _earlier_order(holder, idempotency, uow)
-        placements.request_placement(order.id)
-        uow.commit()
-    return order
+                earlier = _earlier_order(holder, idempotency, uow)
+        if earlier is None:
+            placements.request_placement(order.id)
+            uow.commit()
+            return order
+    # Leaving without a commit rolled back the order inserted above. The earlier request's
+    # commit may still be waiting for the synchronous standby: answer for it once it is durable.
+    with uow:
+        uow.confirm_durable()
+    return earlier
 
 
 def new_order(
@@ -114,12 +116,6 @@ def accept_orders(orders: Sequence[Order], uow: UnitOfWork, placements: BatchPla
         uow.orders.add_many(orders)
         placements.request_placements([order.id for order in orders])
         uow.commit()
-
-
-def get_order(order_id: uuid.UUID, uow: UnitOfWork) -> Order | None:
-    """The order with its placement status, or ``None`` if no such order was committed."""
-    with uow:
-        return uow.orders.get(order_id)
 
 
 def purge_expired_idempotency_keys(uow: UnitOfWork, *, now: Callable[[], datetime] = utc_now) -> int:

@@ -35,7 +35,7 @@ VENV_BIN = Path(sys.executable).parent
 API_COMMAND = [
     "gunicorn",
     "--config",
-    "python:orders_api.entrypoints.gunicorn_config",
+    "python:orders_api.api.gunicorn_config",
     "orders_api.wsgi:app",
 ]
 #: The uid the contract gives the image's user.

@@ -10,8 +10,6 @@ like references to our own objects.
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,40 +17,17 @@ from typing import Any
 
 import yaml
 
+from orders_api.settings.roles import ROLES
+
 #: The repository's root: tests/deploy/ is two levels below it.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Where the manifests live.
 K8S_DIR = REPO_ROOT / "k8s"
 
 
-def _crd_schema_dir() -> Path:
-    """Where the custom resources' JSON schemas are: beside the repository, never copied into it.
-
-    ``K8S_SCHEMAS_DIR`` if set; else ``../shared/k8s-schemas`` next to this checkout; else next to
-    the repository this one was cloned from, when that is a local directory (a clean clone made
-    elsewhere for CI). When none exists, the first place is returned, and the tests that need a
-    schema fail naming it.
-    """
-    if configured := os.environ.get("K8S_SCHEMAS_DIR", ""):
-        return Path(configured)
-    beside = REPO_ROOT / ".." / "shared" / "k8s-schemas"
-    if beside.is_dir():
-        return beside
-    origin = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "config", "--get", "remote.origin.url"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    if origin and Path(origin).is_dir():
-        beside_origin = Path(origin).resolve() / ".." / "shared" / "k8s-schemas"
-        if beside_origin.is_dir():
-            return beside_origin
-    return beside
-
-
-#: JSON schemas of the custom resources: ``<group>/<kind>_<version>.json``.
-CRD_SCHEMA_DIR = _crd_schema_dir()
+#: JSON schemas of the custom resources the manifests use, kept in the repository so that a clone
+#: tests alone: ``<group>/<kind>_<version>.json``. Their sources and licences: README.md there.
+CRD_SCHEMA_DIR = Path(__file__).resolve().parent / "crd-schemas"
 #: The Kubernetes release the core kinds are validated against.
 KUBERNETES_VERSION = "1.33"
 #: The namespace every object lives in.
@@ -382,9 +357,14 @@ def reads_in(path: Path, *, root: Path = REPO_ROOT) -> Iterator[EnvRead]:
                 yield EnvRead(name, False, f"{where}:{node.lineno}")
 
 
-def env_reads(packages: Sequence[str] = ("orders_api", "workers")) -> list[EnvRead]:
-    """Every environment variable the service's code reads, found by parsing its modules."""
-    reads: list[EnvRead] = []
+def env_reads(packages: Sequence[str] = ("orders_api", "workers", "exchange_simulator")) -> list[EnvRead]:
+    """Every environment variable the service's code reads: each role's settings (all with a
+    default), and any read from the environment directly, found by parsing the modules."""
+    reads = [
+        EnvRead(name.upper(), not field.is_required(), f"{role.settings.__module__} ({role.name})")
+        for role in ROLES
+        for name, field in role.settings.model_fields.items()
+    ]
     for package in packages:
         for path in sorted((REPO_ROOT / package).rglob("*.py")):
             reads.extend(reads_in(path))

@@ -22,8 +22,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from orders_api.config import Settings
-from orders_api.entrypoints.app import create_app
+from orders_api.api.app import create_app
+from orders_api.settings.api import ApiSettings
+from orders_api.settings.shared import Settings
+from orders_api.settings.workers import WorkerSettings
 from tests.deploy.artifacts import (
     COMPOSE_FILE,
     app_services,
@@ -35,7 +37,7 @@ from tests.deploy.artifacts import (
     production_requirements,
     tool,
 )
-from workers.serve import DEFAULT_SHUTDOWN_TIMEOUT_MS
+from tests.settings_env import settings_under
 
 pytestmark = pytest.mark.deploy
 
@@ -229,17 +231,13 @@ def test_api_probe_and_published_port_reach_the_port_the_api_binds(apps: dict[st
     routes.match(url.path, method="GET")  # raises NotFound or MethodNotAllowed
 
 
-def test_grace_periods_outlast_the_shutdown_timeouts(
-    apps: dict[str, Service], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_grace_periods_outlast_the_shutdown_timeouts(apps: dict[str, Service]) -> None:
     """Catches Docker's SIGKILL (after 10 s by default) cutting off requests or placements in
     flight, before gunicorn's GRACEFUL_TIMEOUT_S or Dramatiq's WORKER_SHUTDOWN_TIMEOUT_MS."""
-    monkeypatch.delenv("GRACEFUL_TIMEOUT_S", raising=False)
-    gunicorn_config = importlib.reload(importlib.import_module("orders_api.entrypoints.gunicorn_config"))
     _, api = one_running(apps, "gunicorn")
     _, workers = one_running(apps, "orders-workers")
-    graceful_s = float(environment(api).get("GRACEFUL_TIMEOUT_S", gunicorn_config.graceful_timeout))
-    shutdown_ms = float(environment(workers).get("WORKER_SHUTDOWN_TIMEOUT_MS", DEFAULT_SHUTDOWN_TIMEOUT_MS))
+    graceful_s = settings_under(ApiSettings, environment(api)).graceful_timeout_s
+    shutdown_ms = settings_under(WorkerSettings, environment(workers)).worker_shutdown_timeout_ms
 
     assert duration(api.get("stop_grace_period", "10s")) > timedelta(seconds=graceful_s)
     assert duration(workers.get("stop_grace_period", "10s")) > timedelta(milliseconds=shutdown_ms)

@@ -31,6 +31,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from psycopg2 import sql
 
+from orders_api.settings.workers import WorkerSettings
 from tests.conftest import POSTGRES_URL
 from tests.deploy.artifacts import (
     API_COMMAND,
@@ -171,7 +172,7 @@ def test_wheel_holds_every_module_migration_and_template_of_the_packages(build_s
     names = set(zipfile.ZipFile(build_stage.wheel).namelist())
     sources = {
         path.relative_to(build_stage.source).as_posix()
-        for package in ("orders_api", "workers")
+        for package in ("orders_api", "workers", "exchange_simulator")
         for path in (build_stage.source / package).rglob("*")
         if path.is_file()
     }
@@ -286,7 +287,7 @@ def test_image_venv_starts_every_role(build_stage: BuildStage) -> None:
     """Catches a role whose command is missing from the image's PATH or cannot load there: the
     API's config and app (gunicorn --check-config), the workers' Dramatiq CLI, the operator
     commands and the workers' liveness probe."""
-    workers_cli = Path(worker_command({}, module="workers.main")[0]).name
+    workers_cli = Path(worker_command(WorkerSettings.model_construct(), module="workers.main")[0]).name
 
     api = run_in_image(build_stage, [*API_COMMAND, "--check-config"])
     operators = [

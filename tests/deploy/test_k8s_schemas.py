@@ -2,7 +2,7 @@
 
 Core kinds are validated strictly (unknown fields rejected) with kubernetes-validate, offline,
 against Kubernetes 1.33; the operators' and KEDA's custom resources against the JSON schemas of
-their CRDs kept in ``../shared/k8s-schemas``. Both would otherwise surface only at
+their CRDs kept in ``tests/deploy/crd-schemas``. Both would otherwise surface only at
 ``kubectl apply`` time, or never: the API server drops unknown fields of a custom resource.
 """
 
@@ -33,18 +33,23 @@ from tests.deploy.k8s_manifests import (
 pytestmark = pytest.mark.deploy
 
 MANIFESTS = load_manifests()
-#: API groups whose kinds are custom resources, validated against ../shared/k8s-schemas.
+#: API groups whose kinds are custom resources, validated against the schemas of CRD_SCHEMA_DIR.
 CUSTOM_GROUPS = frozenset({"keda.sh", "postgresql.cnpg.io", "rabbitmq.com"})
 CORE = [manifest for manifest in MANIFESTS if manifest.group not in CUSTOM_GROUPS]
 CUSTOM = [manifest for manifest in MANIFESTS if manifest.group in CUSTOM_GROUPS]
 YAMLLINT_CONFIG = REPO_ROOT / ".yamllint.yaml"
 
 
+def _schema_path(manifest: Manifest) -> Path:
+    return CRD_SCHEMA_DIR / manifest.group / f"{manifest.kind.lower()}_{manifest.version}.json"
+
+
 def _crd_schema(manifest: Manifest) -> dict[str, Any]:
-    path = CRD_SCHEMA_DIR / manifest.group / f"{manifest.kind.lower()}_{manifest.version}.json"
+    path = _schema_path(manifest)
     if not path.is_file():
         pytest.fail(
-            f"no schema for {manifest} at {path.resolve()}: ../shared/k8s-schemas is missing", pytrace=False
+            f"no schema for {manifest} at {path.relative_to(REPO_ROOT)}: see {CRD_SCHEMA_DIR.name}/README.md",
+            pytrace=False,
         )
     schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return schema
@@ -104,6 +109,13 @@ def test_strict_validation_rejects_a_misspelt_field() -> None:
 def test_custom_resources_are_valid_for_their_crds(manifest: Manifest) -> None:
     """Catches a field the operator or KEDA does not know, which the API server would silently drop."""
     assert _crd_errors(manifest, manifest.doc) == []
+
+
+def test_the_repository_keeps_the_schemas_of_the_custom_resources_in_use_and_no_others() -> None:
+    """Catches a schema left behind when a kind or version stops being used, or one never copied."""
+    kept = set(CRD_SCHEMA_DIR.glob("*/*.json"))
+
+    assert kept == {_schema_path(manifest) for manifest in CUSTOM}
 
 
 def test_crd_validation_rejects_a_misspelt_field() -> None:

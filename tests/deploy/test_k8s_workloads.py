@@ -18,11 +18,14 @@ from typing import Any
 
 import pytest
 
-from orders_api.adapters.rabbitmq_nodes import connection_parameters
-from orders_api.config import DEFAULT_PLACEMENT_QUEUE, Settings
-from orders_api.entrypoints import applier, gunicorn_config, ingestor
-from orders_api.entrypoints.applier import ApplierSettings
-from orders_api.entrypoints.ingestor import IngestorSettings
+from orders_api.adapters.rabbitmq.connections import connection_parameters
+from orders_api.api import gunicorn_config
+from orders_api.execution_feed import applier, ingestor
+from orders_api.execution_feed.ingestor import Pacing
+from orders_api.settings.applier import ApplierSettings
+from orders_api.settings.ingestor import IngestorSettings
+from orders_api.settings.shared import Settings
+from orders_api.settings.workers import WorkerSettings
 from tests.deploy.k8s_manifests import (
     FIXED_REPLICAS,
     Manifest,
@@ -36,8 +39,8 @@ from tests.deploy.k8s_manifests import (
     reads_in,
     workloads,
 )
+from tests.settings_env import settings_under
 from workers.serve import worker_command
-from workers.settings import WorkerSettings
 
 pytestmark = pytest.mark.deploy
 
@@ -48,7 +51,7 @@ CONTAINERS = [(workload, container) for workload in WORKLOADS for container in w
 CONTAINER_IDS = [f"{workload.manifest.name}/{container['name']}" for workload, container in CONTAINERS]
 
 #: The commands of the shared contract, by role.
-API_COMMAND = ["gunicorn", "--config", "python:orders_api.entrypoints.gunicorn_config", "orders_api.wsgi:app"]
+API_COMMAND = ["gunicorn", "--config", "python:orders_api.api.gunicorn_config", "orders_api.wsgi:app"]
 WORKERS_COMMAND = ["orders-workers"]
 SWEEP_COMMAND = ["flask", "--app", "orders_api.wsgi", "reconcile"]
 MIGRATION_COMMANDS = [["orders-db-upgrade"], ["orders-broker-setup"]]
@@ -76,7 +79,7 @@ WORKER_EXTRA_CONNECTIONS = 1
 #: The confirm timeout the ingestor uses at least, whatever CONFIRM_TIMEOUT_S says (``ingest()``).
 INGESTOR_MIN_CONFIRM_TIMEOUT_S = 5.0
 #: Round trips of one applier batch: lock the orders, insert the executions, update the orders,
-#: commit (orders_api/adapters/execution_ledger.py ``apply_reports``).
+#: commit (orders_api/adapters/postgres/execution_ledger.py ``apply_reports``).
 APPLIER_ROUND_TRIPS_PER_BATCH = 4
 
 
@@ -124,7 +127,7 @@ def gunicorn_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Mapping[str, 
 def _worker_flag(flag: str) -> int:
     """A flag of the real ``orders-workers`` command line, for the workers container's environment."""
     _, container = _one(WORKERS_COMMAND)
-    command = worker_command(literal_env(container, MAPS))
+    command = worker_command(settings_under(WorkerSettings, literal_env(container, MAPS)))
     return int(command[command.index(flag) + 1])
 
 
@@ -265,7 +268,6 @@ def test_the_code_reads_its_settings_where_the_scan_looks() -> None:
         "PLACEMENT_QUEUE",
         "GRACEFUL_TIMEOUT_S",
         "WORKER_LIVENESS_FILE",
-        # IngestorSettings and ApplierSettings read os.environ through a local `env`.
         "FEED_URL",
         "EXECUTION_QUEUE_PREFIX",
         "EXECUTION_PARTITIONS",
@@ -356,7 +358,7 @@ def test_every_composed_variable_refers_to_one_defined_before_it(
 def test_the_workers_scale_on_the_queue_the_api_publishes_to() -> None:
     """Catches KEDA watching a queue nobody uses: the workers would never scale with the backlog."""
     _, container = _one(WORKERS_COMMAND)
-    placement_queue = literal_env(container, MAPS).get("PLACEMENT_QUEUE", DEFAULT_PLACEMENT_QUEUE)
+    placement_queue = settings_under(Settings, literal_env(container, MAPS)).placement_queue
     (scaled,) = of_kind(MANIFESTS, "ScaledObject")
     (trigger,) = scaled.spec["triggers"]
 
@@ -369,8 +371,7 @@ def test_the_workers_scale_on_the_queue_the_api_publishes_to() -> None:
 def test_every_role_publishes_to_the_same_placement_queue() -> None:
     """Catches the API publishing to one queue while the workers consume another."""
     queues = {
-        literal_env(container, MAPS).get("PLACEMENT_QUEUE", DEFAULT_PLACEMENT_QUEUE)
-        for _, container in CONTAINERS
+        settings_under(Settings, literal_env(container, MAPS)).placement_queue for _, container in CONTAINERS
     }
 
     assert len(queues) == 1, queues
@@ -379,7 +380,7 @@ def test_every_role_publishes_to_the_same_placement_queue() -> None:
 def _engine_pool_size(module: Path) -> int:
     """The ``pool_size`` a process's ``create_engine(...)`` call passes, read from its module's source.
 
-    Its engine has no overflow (``orders_api.adapters.database.engine_options``), so this is the
+    Its engine has no overflow (``orders_api.adapters.postgres.database.engine_options``), so this is the
     most connections the process opens.
     """
     tree = ast.parse(module.read_text(encoding="utf-8"))
@@ -430,8 +431,8 @@ def test_postgresql_accepts_every_connection_the_pods_may_open(
     _, api = _one(API_COMMAND)
     api_workload, _ = _one(API_COMMAND)
     workers_workload, workers = _one(WORKERS_COMMAND)
-    api_pool = Settings.from_env(literal_env(api, MAPS)).db_pool_size
-    worker_pool = WorkerSettings.from_env(literal_env(workers, MAPS)).db_pool_size
+    api_pool = settings_under(Settings, literal_env(api, MAPS)).db_pool_size
+    worker_pool = settings_under(WorkerSettings, literal_env(workers, MAPS)).worker_db_pool_size
     fixed = sum(
         _most_pods_of_fixed(workload) * _engine_pool_size(FIXED_PROCESSES[tuple(container["command"])])
         for workload, container in CONTAINERS
@@ -557,23 +558,23 @@ def test_the_feed_processes_probe_the_heartbeat_their_loop_touches(
 def test_the_ingestor_and_the_appliers_agree_on_the_partition_queues(in_container: EnterContainer) -> None:
     """Catches the ingestor publishing to queues (or a partition count) the appliers do not consume."""
     in_container(_one(INGESTOR_COMMAND)[1])
-    ingestor_settings = IngestorSettings.from_env()
-    applier_settings = ApplierSettings.from_env(literal_env(_one(APPLIER_COMMAND)[1], MAPS))
+    ingestor_settings = IngestorSettings()
+    applier_settings = settings_under(ApplierSettings, literal_env(_one(APPLIER_COMMAND)[1], MAPS))
 
-    assert (ingestor_settings.queue_prefix, ingestor_settings.partitions) == (
-        applier_settings.queue_prefix,
-        applier_settings.partitions,
+    assert (ingestor_settings.execution_queue_prefix, ingestor_settings.execution_partitions) == (
+        applier_settings.execution_queue_prefix,
+        applier_settings.execution_partitions,
     )
-    assert applier_settings.heartbeat_file.parent == Path("/tmp")
-    assert Path(ingestor_settings.heartbeat_file).parent == Path("/tmp")
+    assert applier_settings.applier_heartbeat_file.parent == Path("/tmp")
+    assert ingestor_settings.ingestor_heartbeat_file.parent == Path("/tmp")
 
 
 def test_the_ingestor_follows_a_websocket_feed_from_its_resume_point(in_container: EnterContainer) -> None:
     """Catches the ingestor left on the simulator's localhost default, or a URL pinning the resume point."""
     in_container(_one(INGESTOR_COMMAND)[1])
-    feed_url = IngestorSettings.from_env().feed_url
+    feed_url = IngestorSettings().feed_url
 
-    assert feed_url != ingestor.DEFAULT_FEED_URL
+    assert feed_url != IngestorSettings.model_fields["feed_url"].default
     assert re.match(r"^wss?://[^/]+/", feed_url), feed_url
     assert "from=" not in feed_url, "the ingestor adds `from` from its stored resume point"
 
@@ -596,14 +597,9 @@ def test_the_ingestors_grace_period_covers_its_last_publish_and_resume_point(
     """
     workload, container = _one(INGESTOR_COMMAND)
     in_container(container)
-    settings, ingestor_settings = Settings.from_env(), IngestorSettings.from_env()
+    settings = IngestorSettings()
     one_try = settings.connect_timeout_s + max(settings.confirm_timeout_s, INGESTOR_MIN_CONFIRM_TIMEOUT_S)
-    worst = (
-        2 * one_try
-        + ingestor_settings.backoff_cap_s
-        + settings.connect_timeout_s
-        + settings.db_reply_timeout_s
-    )
+    worst = 2 * one_try + Pacing().backoff_cap_s + settings.connect_timeout_s + settings.db_reply_timeout_s
 
     assert workload.pod_spec["terminationGracePeriodSeconds"] > worst
 
@@ -611,7 +607,7 @@ def test_the_ingestors_grace_period_covers_its_last_publish_and_resume_point(
 def test_the_appliers_grace_period_covers_the_batch_in_hand() -> None:
     """Catches a SIGKILL while an applier commits its last batch (harmless: redelivered to the standby)."""
     workload, container = _one(APPLIER_COMMAND)
-    settings = Settings.from_env(literal_env(container, MAPS))
+    settings = settings_under(ApplierSettings, literal_env(container, MAPS))
     worst = settings.connect_timeout_s + APPLIER_ROUND_TRIPS_PER_BATCH * settings.db_reply_timeout_s
 
     assert workload.pod_spec["terminationGracePeriodSeconds"] > worst

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orders_api.config import Settings
-from tests.e2e.processes import ProcessOptions, RunningService, running_service
+from orders_api.settings.shared import Settings
+from orders_testkit.processes import ProcessOptions, RunningService, running_service
 
 _SERVICE = pytest.StashKey[RunningService]()
 

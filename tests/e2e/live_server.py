@@ -1,6 +1,6 @@
 """The real app on a real HTTP server in a thread of the test process, for tests that need a URL.
 
-Lighter than :mod:`tests.e2e.processes` (no gunicorn, no workers), for tests that look at the
+Lighter than :mod:`orders_testkit.processes` (no gunicorn, no workers), for tests that look at the
 API's HTTP surface (its document, its docs page) rather than at placing orders end to end: the
 app is the one ``create_app`` builds, on the run's own database and vhost, behind werkzeug's
 threaded server on a free port of 127.0.0.1.
@@ -14,9 +14,9 @@ from contextlib import contextmanager
 
 from werkzeug.serving import make_server
 
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
-from orders_api.config import Settings
-from orders_api.entrypoints.app import create_app, db
+from orders_api.adapters.rabbitmq.confirmed_publisher import ConfirmedPublisher
+from orders_api.api.app import create_app, db
+from orders_api.settings.shared import Settings
 
 #: Seconds the server thread has to stop once asked to.
 STOP_TIMEOUT_S = 10.0

@@ -10,7 +10,6 @@ minute.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import hypothesis
@@ -26,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from orders_api.config import Settings
-from orders_api.entrypoints.openapi import build_document
+from orders_api.api.openapi import build_document
+from orders_api.settings.shared import Settings
 from tests.e2e.live_server import live_api
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +54,7 @@ def base_url(settings: Settings, own_database_url: str) -> Iterator[str]:
     Its own database: schemathesis sends arbitrary ``Idempotency-Key`` values, and keys are
     global, so on the run's database it would take keys other tests expect to be free.
     """
-    with live_api(replace(settings, database_url=own_database_url)) as url:
+    with live_api(settings.model_copy(update={"database_url": own_database_url})) as url:
         yield url
 
 

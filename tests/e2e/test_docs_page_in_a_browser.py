@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orders_api.config import Settings
+from orders_api.settings.shared import Settings
 from tests.e2e.live_server import live_api
 
 pytestmark = pytest.mark.e2e

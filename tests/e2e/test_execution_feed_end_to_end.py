@@ -5,10 +5,14 @@ placed orders; ``orders-ingestor`` follows it into the partition queues; ``order
 writes the executions. Each of the last two is killed with SIGKILL while reports flow and
 started again. The ledger afterwards: every report of the feed's durable log is stored exactly
 once, and every order's execution state equals a straight replay of its reports in order.
+
+A second test puts poison in a feed (the tests' WebSocket feed, which sends what it is given):
+the two processes drop it alone and apply every other report.
 """
 
 from __future__ import annotations
 
+import random
 import signal
 import uuid
 from collections.abc import Iterator
@@ -17,9 +21,20 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from orders_api.adapters.execution_queues import execution_queue_declarations
-from orders_api.config import Settings
-from tests.e2e.processes import (
+from orders_api.adapters.rabbitmq.execution_queues import execution_queue_declarations
+from orders_api.settings.shared import Settings
+from orders_testkit.execution_reports import (
+    expected_state,
+    feed_of,
+    logged_reports,
+    replayed_states,
+    report_fields,
+    store_orders,
+    stored_exec_ids,
+    stored_states,
+    story_of,
+)
+from orders_testkit.processes import (
     BIN,
     ProcessOptions,
     _Process,
@@ -28,14 +43,9 @@ from tests.e2e.processes import (
     free_port,
     service_environment,
 )
-from tests.execution_reports import (
-    logged_reports,
-    replayed_states,
-    store_orders,
-    stored_exec_ids,
-    stored_states,
-)
-from tests.rabbitmq_admin import RabbitAdmin
+from orders_testkit.rabbitmq_admin import RabbitAdmin
+from tests.integration.feed_server import Faults, FeedServer
+from tests.prometheus_samples import scrape_port
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -150,3 +160,70 @@ def test_every_report_is_applied_once_as_a_straight_replay_across_sigkills_of_in
         f" SIGKILLed at resume point {killed_ingestor_at}, applier after {killed_applier_at} reports"
         f" stored; every order equals a straight replay"
     )
+
+
+def test_poison_reports_in_the_feed_are_dropped_alone_and_every_other_report_applied(
+    plain_settings: Settings, engine: sa.Engine, queue_prefix: str, tmp_path: Path
+) -> None:
+    """A report whose ``exec_id`` holds a NUL (PostgreSQL cannot store it) and one without
+    ``order_id`` (the ingestor cannot route it), each a copy of a real fill, mid-feed. Either
+    stopped the pipeline for good before: the applier died on the first, the ingestor never
+    passed the second. Now the ingestor skips the second, the applier drops the first."""
+    rng = random.Random(21)
+    orders = store_orders(engine, ORDERS // 3)
+    stories = [story_of(order, rng) for order in orders]
+    feed = [report_fields(report, 0) for report in feed_of(stories, rng, repeats=0.0)]
+    fill = next(item for item in feed if item["kind"] == "fill")
+    nul = {**fill, "exec_id": f"{fill['exec_id']}\u0000"}
+    unroutable = {key: value for key, value in fill.items() if key != "order_id"}
+    third = len(feed) // 3
+    reports = [
+        {**item, "feed_seq": feed_seq}
+        for feed_seq, item in enumerate(
+            [*feed[:third], nul, *feed[third:-third], unroutable, *feed[-third:]], 1
+        )
+    ]
+    ingestor_port, applier_port = free_port(), free_port()
+    processes: list[_Process] = []
+    order_ids = [order.id for order in orders]
+    with FeedServer(reports, Faults(frame_size=5, repeat=0.05, drop_after_frames=20)) as feed_server:
+        env = service_environment(plain_settings, ProcessOptions())
+        env.update(
+            FEED_URL=feed_server.url,
+            EXECUTION_QUEUE_PREFIX=queue_prefix,
+            EXECUTION_PARTITIONS=str(PARTITIONS),
+            INGESTOR_HEARTBEAT_FILE=str(tmp_path / "ingestor.heartbeat"),
+            APPLIER_HEARTBEAT_FILE=str(tmp_path / "applier.heartbeat"),
+            INGESTOR_METRICS_PORT=str(ingestor_port),
+            APPLIER_METRICS_PORT=str(applier_port),
+        )
+        try:
+            for name in ("orders-ingestor", "orders-applier"):
+                processes.append(_start(name, [str(BIN / name)], env, tmp_path / f"{name}.log"))
+            wait_until(
+                lambda: len(stored_exec_ids(engine, order_ids)) == len(feed),
+                SETTLE_TIMEOUT_S,
+                "every report but the poison applied",
+                every_s=POLL_INTERVAL_S,
+            )
+            wait_until(
+                lambda: feed_seq_saved(engine) == len(reports),
+                SETTLE_TIMEOUT_S,
+                "the resume point to pass the poison",
+                every_s=POLL_INTERVAL_S,
+            )
+            ingestor, applier = scrape_port(ingestor_port), scrape_port(applier_port)
+            for process in processes:
+                assert process.popen.poll() is None, f"{process.name} stopped"
+        finally:
+            for process in reversed(processes):
+                _stop_quietly(process)
+
+    assert sorted(stored_exec_ids(engine, order_ids)) == sorted(str(item["exec_id"]) for item in feed)
+    assert stored_states(engine, order_ids) == {
+        order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
+    }
+    assert ingestor[("orders_feed_reports_skipped_total", frozenset({("reason", "malformed")}))] == 1
+    assert applier[("orders_execution_reports_total", frozenset({("outcome", "malformed")}))] == 1
+    logs = "".join((tmp_path / f"{name}.log").read_text() for name in ("orders-ingestor", "orders-applier"))
+    assert "skipping feed_seq" in logs and "malformed execution report, dropped" in logs

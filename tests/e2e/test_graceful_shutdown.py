@@ -16,8 +16,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, suppress
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -26,9 +27,10 @@ import pytest
 import requests
 from psycopg2.extensions import connection
 
-from orders_api.config import Settings
-from orders_api.entrypoints import gunicorn_config
-from tests.e2e.processes import ProcessOptions, RunningService
+from orders_api.api import gunicorn_config
+from orders_api.settings.shared import Settings
+from orders_testkit.json_logs import read_messages
+from orders_testkit.processes import ProcessOptions, RunningService
 from tests.e2e.test_order_flow_end_to_end import (
     database,
     exchange_log,
@@ -36,7 +38,6 @@ from tests.e2e.test_order_flow_end_to_end import (
     order_requests,
     post_order,
 )
-from tests.json_logs import read_messages
 
 pytestmark = pytest.mark.e2e
 
@@ -66,7 +67,10 @@ HOLD_AFTER_SIGTERM_S = 3.0
 DRAMATIQ_STOPPING_LINE = "Stopping worker process..."
 DRAMATIQ_KILLING_LINE = "Killing worker process..."
 
-#: The API, its database waits stretched so that requests can queue behind the test's lock.
+#: The workers' entry point for settings out of order on purpose (a lease that lapses within a test).
+UNCHECKED_WORKERS = "tests.e2e.unchecked_workers"
+#: The API, its database waits stretched so that requests can queue behind the test's lock (too
+#: long for the workers' claims, whose rules are left unchecked).
 PATIENT_API = ProcessOptions(
     web_workers=2,
     web_threads=16,
@@ -78,12 +82,20 @@ PATIENT_API = ProcessOptions(
         "STATEMENT_TIMEOUT_MS": "20000",
         "DB_REPLY_TIMEOUT_S": "25",
         "GROUP_COMMIT_WAIT_S": "30",
+        # Above a lost COMMIT's lookup with these waits, or gunicorn refuses to start (docs/timeouts.md).
+        "GRACEFUL_TIMEOUT_S": "160",
     },
+    worker_module=UNCHECKED_WORKERS,
 )
 #: Few placement threads (2 x 4), so that most orders still wait in the queue at SIGTERM.
 FEW_PLACEMENT_THREADS = ProcessOptions(worker_processes=2, worker_threads=4)
 #: The same with a 4 s claim lease, so that the claims of killed placements expire quickly.
-SHORT_LEASE = ProcessOptions(worker_processes=2, worker_threads=4, extra_env={"CLAIM_LEASE_MS": "4000"})
+SHORT_LEASE = ProcessOptions(
+    worker_processes=2,
+    worker_threads=4,
+    extra_env={"CLAIM_LEASE_MS": "4000"},
+    worker_module=UNCHECKED_WORKERS,
+)
 
 _T = TypeVar("_T")
 
@@ -133,25 +145,39 @@ def order_states(db: connection, order_ids: list[str]) -> dict[str, dict[str, An
 
 
 def connections_to(port: int) -> tuple[int, int]:
-    """Connections established to ``port`` on 127.0.0.1, and how many of them no process has accepted yet.
+    """The connections this process holds to ``port`` on 127.0.0.1, and how many are not accepted yet.
 
     Read from the kernel's table (Linux): a connection in the accept queue is established but
     not in gunicorn's hands; when the listening socket closes, the kernel resets it. The listening
-    socket's receive-queue column is the length of its accept queue.
+    socket's receive-queue column is the length of its accept queue. Only the client ends this
+    test process holds are counted, so that no other connection to the port passes for one of its
+    requests.
     """
+    own_sockets = _own_socket_inodes()
     established = unaccepted = 0
     with open("/proc/net/tcp", encoding="ascii") as table:
         next(table)  # the header
         for line in table:
             fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) != port:
-                continue
-            state, queues = fields[3], fields[4]
-            if state == _TCP_LISTEN:
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            state, queues, inode = fields[3], fields[4], fields[9]
+            if local_port == port and state == _TCP_LISTEN:
                 unaccepted += int(queues.split(":")[1], 16)
-            elif state == _TCP_ESTABLISHED:
+            elif remote_port == port and state == _TCP_ESTABLISHED and inode in own_sockets:
                 established += 1
     return established, unaccepted
+
+
+def _own_socket_inodes() -> set[str]:
+    """The inodes of the sockets this process holds open, as ``/proc/net/tcp`` names them."""
+    inodes = set()
+    for descriptor in Path("/proc/self/fd").iterdir():
+        with suppress(OSError):
+            target = os.readlink(descriptor)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
 
 
 def claimed(db: connection, order_ids: list[str]) -> dict[str, datetime]:

@@ -25,10 +25,10 @@ from typing import TypeVar
 import pytest
 import requests
 
-from orders_api.config import Settings
-from tests.e2e.processes import BIN, PROJECT_ROOT, ProcessOptions, free_port, service_environment
+from orders_api.settings.shared import Settings
+from orders_testkit.json_logs import messages, records
+from orders_testkit.processes import BIN, PROJECT_ROOT, ProcessOptions, free_port, service_environment
 from tests.e2e.test_order_flow_end_to_end import order_requests
-from tests.json_logs import messages, records
 from tests.prometheus_samples import scrape_port
 
 pytestmark = pytest.mark.e2e

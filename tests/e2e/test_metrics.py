@@ -29,9 +29,9 @@ import requests
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from orders_api.adapters.placement_queue import PLACE_ORDER_ACTOR
-from orders_api.config import Settings
-from tests.e2e.processes import RunningService
+from orders_api.adapters.rabbitmq.placement_queue import PLACE_ORDER_ACTOR
+from orders_api.settings.shared import Settings
+from orders_testkit.processes import RunningService
 from tests.e2e.test_order_flow_end_to_end import order_requests
 from tests.prometheus_samples import Samples, parse_samples
 

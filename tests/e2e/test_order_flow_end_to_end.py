@@ -23,9 +23,9 @@ import pytest
 import requests
 from psycopg2.extensions import connection
 
-from orders_api.config import Settings
-from tests.e2e.processes import RunningService
-from tests.json_logs import read_messages
+from orders_api.settings.shared import Settings
+from orders_testkit.json_logs import read_messages
+from orders_testkit.processes import RunningService
 
 pytestmark = pytest.mark.e2e
 

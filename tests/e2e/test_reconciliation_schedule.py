@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from orders_api.config import Settings
-from tests.rabbitmq_admin import RabbitAdmin
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.e2e
 

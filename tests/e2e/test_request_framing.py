@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from orders_api.config import Settings
-from tests.e2e.processes import ProcessOptions, RunningService, running_service
+from orders_api.settings.shared import Settings
+from orders_testkit.processes import ProcessOptions, RunningService, running_service
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.processes import RunningService
+from orders_testkit.json_logs import records
+from orders_testkit.processes import RunningService
 from tests.e2e.test_order_flow_end_to_end import in_parallel, order_requests
-from tests.json_logs import records
 
 pytestmark = pytest.mark.e2e
 

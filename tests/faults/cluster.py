@@ -28,8 +28,8 @@ from tests.faults.servers import (
     SERVER_START_TIMEOUT_S,
     PrivateRabbitMQ,
     ServerError,
-    _owned_temporary_directory,
     free_ports,
+    owned_temporary_directory,
 )
 
 #: Nodes in the cluster: the smallest that keeps a majority of a quorum queue's members when one dies.
@@ -161,7 +161,7 @@ def private_rabbitmq_cluster(size: int = CLUSTER_SIZE) -> Iterator[PrivateRabbit
     directories: list[Path] = []
     try:
         for i in range(size):
-            directories.append(_owned_temporary_directory(f"orders-faults-cluster-{i}-", "rabbitmq"))
+            directories.append(owned_temporary_directory(f"orders-faults-cluster-{i}-", "rabbitmq"))
         ports = free_ports(3 * size)
         nodes = [
             ClusterNode(directory, (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]))

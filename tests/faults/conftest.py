@@ -11,22 +11,18 @@ import re
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
-from orders_api.adapters.queue_topology import set_up_placement_queues
-from orders_api.adapters.schema import upgrade
-from orders_api.config import Settings
 from tests.faults.feed_ledger import FEED_HEADER, FEED_RULE
-from tests.faults.harness import FaultRun
+from tests.faults.harness import FaultRun, new_fault_run
 from tests.faults.ledger import HEADER, RULE
 from tests.faults.servers import PrivatePostgres, PrivateRabbitMQ, private_postgres, private_rabbitmq
-from tests.rabbitmq_admin import RabbitAdmin
 
 _LEDGER_ROWS = pytest.StashKey[list[str]]()
 _FEED_LEDGER_ROWS = pytest.StashKey[list[str]]()
-_FAULT_RUN = pytest.StashKey[FaultRun]()
+#: The scenario's run, for the report of a failure; a scenario building its own run stashes it too.
+FAULT_RUN = pytest.StashKey[FaultRun]()
 
 
 @pytest.fixture(scope="session")
@@ -50,26 +46,16 @@ def fault_run(
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> FaultRun:
-    """A migrated database and a vhost of this scenario's own on the private servers.
+    """A migrated database and a vhost of this scenario's own on the private servers (:func:`new_fault_run`).
 
-    The placement queues are set up there as ``make migrate`` does (``orders-broker-setup``).
     Both go away with the private servers at the end of the session.
     """
     short_name = re.sub(r"[^a-z0-9]+", "_", request.node.name.removeprefix("test_").lower())[:40]
     name = f"faults_{short_name}_{uuid.uuid4().hex[:6]}"
-    database_url = f"{postgres_server.url}/{name}"
-    upgrade(database_url)
-    admin = RabbitAdmin(name, rabbitmq_node.management_url)
-    admin.create_vhost()
-    settings = Settings(
-        database_url=database_url,
-        rabbitmq_url=f"{rabbitmq_node.url}/{quote(name, safe='')}",
-        placement_queue="order-placement",
-        rabbitmq_management_url=rabbitmq_node.management_url,
-    )
-    set_up_placement_queues(settings)
-    run = FaultRun(settings, postgres_server, rabbitmq_node, admin, tmp_path)
-    request.node.stash[_FAULT_RUN] = run
+    postgres_server.ensure_running()
+    rabbitmq_node.ensure_running()
+    run = new_fault_run(postgres_server, rabbitmq_node, tmp_path, name)
+    request.node.stash[FAULT_RUN] = run
     return run
 
 
@@ -109,7 +95,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Add the tails of the service's logs to the report of a scenario that failed."""
     report = yield
-    run = item.stash.get(_FAULT_RUN, None)
+    run = item.stash.get(FAULT_RUN, None)
     if report.when == "call" and report.failed and run is not None and run.service_running is not None:
         report.sections.append(("gunicorn and dramatiq logs (tails)", run.service_running.log_tails()))
     return report

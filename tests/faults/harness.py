@@ -1,11 +1,11 @@
 """The moving parts of one fault scenario, each bounded in time.
 
-A scenario runs the real API and workers (``tests.e2e.processes``) on a database and a vhost of
+A scenario runs the real API and workers (``orders_testkit.processes``) on a database and a vhost of
 its own on the suite's private servers, starts the load stream in a process of its own, injects
 its fault once the stream is under way, waits for the stream to end and for every order to
 settle, stops the processes, and only then reads the ledger: with the processes gone, no log
 line is still in a pipe and no request is still being answered. The workers run the suite's own
-entry point (``tests.faults.outage_workers``), which records every placement on the exchange's
+entry point (``orders_testkit.outage_workers``), which records every placement on the exchange's
 side.
 """
 
@@ -21,34 +21,40 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg2
 from dramatiq.common import xq_name
 
-from orders_api.config import Settings
-from tests.e2e.processes import (
+from orders_api.adapters.postgres.migrate import upgrade
+from orders_api.adapters.rabbitmq.queue_topology import set_up_placement_queues
+from orders_api.settings.shared import Settings
+from orders_testkit.fault_exchange import PLACEMENTS_FILE_ENV
+from orders_testkit.processes import (
     PROJECT_ROOT,
     ProcessOptions,
     RunningService,
     ServiceProcessError,
     running_service,
 )
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.faults.ledger import (
     ExchangeRecord,
     Ledger,
     OrderRow,
     exchange_record,
+    outcome_unknown,
     read_answers,
     read_placements,
 )
 from tests.faults.servers import PrivatePostgres, PrivateRabbitMQ, child_pids
-from tests.rabbitmq_admin import RabbitAdmin
 
 #: Requests per second of the load stream, for how long by default, and at most how many (the
-#: longest outages' streams run about 80 s; each request's index goes into its order's quantity).
+#: 150 s outages' streams run about 170 s, the 10-minute one's about 620 s; each request's index
+#: goes into its order's quantity).
 LOAD_RATE = 25.0
 LOAD_DURATION_S = 24.0
-LOAD_MAX_REQUESTS = 3000
+LOAD_MAX_REQUESTS = 20_000
 #: Seconds one request may take before the client gives up on it.
 REQUEST_TIMEOUT_S = 10.0
 #: Most requests in flight at once.
@@ -57,9 +63,11 @@ LOAD_CLIENTS = 64
 FAULT_AFTER_ANSWERS = 75
 #: Seconds, after the stream ends, within which every order must be settled.
 SETTLE_TIMEOUT_S = 90.0
-#: The processes of every scenario: fewer worker threads than the e2e test, since the stream is
-#: steady rather than a burst (2 x 16 threads place up to ~60 orders/s at the stand-in's 0.5 s).
-PROCESSES = ProcessOptions(web_workers=2, web_threads=16, worker_processes=2, worker_threads=16)
+#: The processes of every scenario: 2 x 64 worker greenlets place up to ~250 orders/s at the
+#: stand-in's 0.5 s, ten times the stream's rate, so that the backlog a 150 s outage leaves
+#: (about 3,000 orders accepted as a frozen database thaws) is placed within seconds, as
+#: production's 128 per process would (with 16, it took 62 s).
+PROCESSES = ProcessOptions(web_workers=2, web_threads=16, worker_processes=2, worker_threads=64)
 #: Short retry backoffs (200 ms doubling to 2 s instead of 1 s to 5 min), so that orders
 #: retried during a fault settle within seconds of its end.
 FAST_RETRIES = {"PLACEMENT_MIN_BACKOFF_MS": "200", "PLACEMENT_MAX_BACKOFF_MS": "2000"}
@@ -70,13 +78,7 @@ SHORT_LEASE = {"PLACEMENT_TIME_LIMIT_MS": "2000", "CLAIM_LEASE_MS": "4000"}
 #: that a 25-30 s outage lasts longer than twice each.
 LONG_OUTAGE_LIMITS = {"PLACEMENT_TIME_LIMIT_MS": "10000", "CLAIM_LEASE_MS": "10000"}
 #: The workers' entry point in every scenario: production wiring, exchange recorded.
-FAULT_WORKERS_MODULE = "tests.faults.outage_workers"
-#: Environment variable naming the file whose existence means "the exchange is down" to the
-#: workers of ``tests.faults.outage_workers``.
-OUTAGE_MARKER_ENV = "FAULTS_EXCHANGE_OUTAGE_MARKER"
-#: Environment variable naming the file in which those workers record every placement the
-#: exchange accepted.
-PLACEMENTS_FILE_ENV = "FAULTS_PLACEMENTS_FILE"
+FAULT_WORKERS_MODULE = "orders_testkit.outage_workers"
 
 _POLL_INTERVAL_S = 0.2
 
@@ -85,10 +87,17 @@ class LoadStream:
     """The running load stream: its answers so far and its end."""
 
     def __init__(
-        self, popen: subprocess.Popen[bytes], answers: Path, log: Path, stop_file: Path, duration_s: float
+        self,
+        popen: subprocess.Popen[bytes],
+        answers: Path,
+        log: Path,
+        stop_file: Path,
+        duration_s: float,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         self._popen = popen
         self._duration_s = duration_s
+        self._request_timeout_s = request_timeout_s
         self.answers = answers
         self._log = log
         self._stop_file = stop_file
@@ -121,7 +130,7 @@ class LoadStream:
 
     def wait(self) -> None:
         """Wait for the stream to end: its last request was sent and answered or timed out."""
-        bound = self._duration_s + REQUEST_TIMEOUT_S + 30
+        bound = self._duration_s + self._request_timeout_s + 30
         try:
             status = self._popen.wait(timeout=bound)
         except subprocess.TimeoutExpired as expired:
@@ -183,7 +192,12 @@ class FaultRun:
             self._stop_failure = str(error).splitlines()[0]
 
     @contextmanager
-    def load(self, service: RunningService, duration_s: float = LOAD_DURATION_S) -> Iterator[LoadStream]:
+    def load(
+        self,
+        service: RunningService,
+        duration_s: float = LOAD_DURATION_S,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> Iterator[LoadStream]:
         """The load stream against ``service``; the block ends once the stream has (killed on error)."""
         answers, log = self.directory / "answers.jsonl", self.directory / "load.log"
         stop_file = self.directory / "load.stop"
@@ -195,7 +209,7 @@ class FaultRun:
             f"--rate={LOAD_RATE}",
             f"--duration={duration_s}",
             f"--max-requests={LOAD_MAX_REQUESTS}",
-            f"--timeout={REQUEST_TIMEOUT_S}",
+            f"--timeout={request_timeout_s}",
             f"--clients={LOAD_CLIENTS}",
             f"--out={answers}",
             f"--stop-file={stop_file}",
@@ -205,7 +219,7 @@ class FaultRun:
                 command, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
             )
             try:
-                stream = LoadStream(popen, answers, log, stop_file, duration_s)
+                stream = LoadStream(popen, answers, log, stop_file, duration_s, request_timeout_s)
                 yield stream
                 stream.wait()
             finally:
@@ -244,12 +258,15 @@ class FaultRun:
 
     def ledger(self, scenario: str, service: RunningService) -> Ledger:
         """The scenario's ledger, read once the service has stopped."""
+        columns = (
+            "id::text, status, created_at, placed_at, attempts, last_error, quantity, duplicate_attempts"
+        )
         rows = {
             str(order_id): OrderRow(
-                str(status), created_at, placed_at, int(attempts), last_error, int(quantity)
+                str(status), created_at, placed_at, int(attempts), last_error, int(quantity), tuple(twice)
             )
-            for order_id, status, created_at, placed_at, attempts, last_error, quantity in self._query(
-                "SELECT id::text, status, created_at, placed_at, attempts, last_error, quantity FROM orders"
+            for order_id, status, created_at, placed_at, attempts, last_error, quantity, twice in self._query(
+                f"SELECT {columns} FROM orders"
             )
         }
         return Ledger(
@@ -261,6 +278,7 @@ class FaultRun:
             fault_s=self._fault_s,
             fault_ended_at=self._fault_ended_at,
             stop_failure=self._stop_failure,
+            outcome_unknown=outcome_unknown(service.api_log.read_text(encoding="utf-8", errors="replace")),
         )
 
     def exchange_record(self, service: RunningService) -> ExchangeRecord:
@@ -279,6 +297,28 @@ class FaultRun:
             str(body["args"][0]) if body.get("args") else str(body.get("message_id"))
             for body in self.admin.peek_bodies(xq_name(self.settings.placement_queue))
         ]
+
+
+def new_fault_run(
+    postgres: PrivatePostgres, rabbitmq: PrivateRabbitMQ, directory: Path, name: str
+) -> FaultRun:
+    """A run on a database and a vhost called ``name``, made on ``postgres`` and ``rabbitmq`` now.
+
+    The database is migrated and the placement queues set up as ``make migrate`` does
+    (``orders-broker-setup``).
+    """
+    database_url = f"{postgres.url}/{name}"
+    upgrade(database_url)
+    admin = RabbitAdmin(name, rabbitmq.management_url)
+    admin.create_vhost()
+    settings = Settings(
+        database_url=database_url,
+        rabbitmq_url=f"{rabbitmq.url}/{quote(name, safe='')}",
+        placement_queue="order-placement",
+        rabbitmq_management_url=rabbitmq.management_url,
+    )
+    set_up_placement_queues(settings)
+    return FaultRun(settings, postgres, rabbitmq, admin, directory)
 
 
 def kill_and_restart_workers(service: RunningService) -> int:

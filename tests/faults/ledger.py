@@ -3,7 +3,7 @@
 Independent records are set against each other once the system has settled and the processes
 have stopped: the load stream's answers (one JSON line per request; each request's order carries
 its index in its ``quantity``, so even the order of a ``500`` can be found), the ``orders`` rows,
-the exchange's own record of the placements it accepted (``tests.faults.outage_workers`` appends
+the exchange's own record of the placements it accepted (``orders_testkit.outage_workers`` appends
 each one to a file, synced, before the call returns: placements and duplicates are counted from
 it), what is left in the dead-letter queue, and the workers' logs, where ``exchange call for
 order <id>`` is written before each call to the exchange and ``exchange placed order <id>`` after
@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from orders_testkit.json_logs import messages
 from tests.faults.load_stream import request_index
-from tests.json_logs import messages
 from workers.placement_actor import NOT_RETRYABLE
 
 _ID = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
@@ -32,11 +32,16 @@ _CALL = re.compile(rf"exchange call for order {_ID}")
 _SUCCESS = re.compile(rf"exchange placed order {_ID}")
 _RECORDED = re.compile(rf"\border {_ID} placed on attempt")
 _FAILED = re.compile(rf"Failed to process message \w+\('{_ID}'\)")
+#: A worker taking over a claim whose holder died mid-placement: the exchange may have the order.
+_TAKEOVER = re.compile(rf"order {_ID}: attempt \d+ abandoned mid-placement")
+#: The API's ERROR line for a COMMIT whose outcome it could not learn: its orders' ids follow.
+_OUTCOME_UNKNOWN = "COMMIT outcome unknown for orders"
 
 #: Column titles of the ledger table (docs/fault-injection.md shows the same).
 HEADER = (
     "| scenario | sent | 201 | 4xx | 500 | other/timeout | placed | failed | pending | ambiguous "
-    "| 500 whose order exists | no answer, order exists | placed twice | max s 201→placed "
+    "| 500 whose order exists | 500 of unknown outcome | no answer, order exists "
+    "| placed twice (detected) | max s 201→placed "
     "| s fault end→last placed "
     "| dead letters | fault s |"
 )
@@ -55,6 +60,8 @@ class OrderRow:
     last_error: str | None
     #: The stream's request index plus one: which request created the order.
     quantity: int
+    #: Attempts that placed the order again after another had placed it (their record found it).
+    duplicate_attempts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ class Placement:
 
 
 def read_placements(path: Path) -> tuple[Placement, ...]:
-    """The exchange's record (``tests.faults.outage_workers``): one ``<order id> <time> <pid>`` line each.
+    """The exchange's record (``orders_testkit.outage_workers``): one ``<order id> <time> <pid>`` line each.
 
     The workers create the file when they start, so a missing file fails loudly.
     """
@@ -96,6 +103,8 @@ class ExchangeRecord:
     called_after_placed: frozenset[str]
     #: Orders whose last event in a log is a call with no outcome: a killed worker's placements.
     interrupted: frozenset[str]
+    #: Orders whose claim a worker took over from a holder that died mid-placement (its log).
+    taken_over: frozenset[str] = frozenset()
 
     @property
     def successes(self) -> Counter[str]:
@@ -110,6 +119,7 @@ def exchange_record(logs: list[str], placements: tuple[Placement, ...]) -> Excha
     recorded: set[str] = set()
     called_after_placed: set[str] = set()
     interrupted: set[str] = set()
+    taken_over: set[str] = set()
     for text in logs:
         open_calls: set[str] = set()
         for line in messages(text):
@@ -126,9 +136,26 @@ def exchange_record(logs: list[str], placements: tuple[Placement, ...]) -> Excha
                 recorded.add(match.group(1))
             elif match := _FAILED.search(line):
                 open_calls.discard(match.group(1))
+            elif match := _TAKEOVER.search(line):
+                taken_over.add(match.group(1))
         interrupted |= open_calls
     return ExchangeRecord(
-        placements, calls, successes, frozenset(called_after_placed), frozenset(interrupted)
+        placements,
+        calls,
+        successes,
+        frozenset(called_after_placed),
+        frozenset(interrupted),
+        frozenset(taken_over),
+    )
+
+
+def outcome_unknown(api_log: str) -> frozenset[str]:
+    """The orders the API answered ``500`` without knowing whether their COMMIT happened (its ERROR lines)."""
+    return frozenset(
+        order_id
+        for line in messages(api_log, strict=False)
+        if line.startswith(_OUTCOME_UNKNOWN)
+        for order_id in re.findall(_ID, line.split(":", 1)[0])
     )
 
 
@@ -166,6 +193,8 @@ class Ledger:
     fault_ended_at: float
     #: Why the API or the workers had to be killed at the end, if they did not stop by themselves.
     stop_failure: str | None = None
+    #: Orders the API answered ``500`` without knowing whether their COMMIT happened (its log).
+    outcome_unknown: frozenset[str] = frozenset()
     statuses: Counter[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -242,6 +271,15 @@ class Ledger:
         return self._stored_among((500,))
 
     @property
+    def refused_yet_stored_unannounced(self) -> dict[int, str]:
+        """Of :attr:`refused_yet_stored`, those the API did not log as of unknown outcome: lies."""
+        return {
+            index: order_id
+            for index, order_id in self.refused_yet_stored.items()
+            if order_id not in self.outcome_unknown
+        }
+
+    @property
     def unanswered_yet_stored(self) -> dict[int, str]:
         """Requests the client gave up on (its own timeout) whose order exists: it was told nothing."""
         return self._stored_among((None,))
@@ -270,6 +308,21 @@ class Ledger:
     def duplicates(self) -> dict[str, int]:
         """Orders the exchange placed more than once (its own record), with their count of placements."""
         return {order_id: count for order_id, count in self.exchange.successes.items() if count > 1}
+
+    @property
+    def detected_duplicates(self) -> set[str]:
+        """Orders the service itself reports as placed twice, or possibly so.
+
+        Its record of a second placement (``duplicate_attempts``), or a takeover of a claim whose
+        holder died mid-placement (the taker cannot know whether that call reached the exchange).
+        """
+        recorded = {order_id for order_id, row in self.rows.items() if row.duplicate_attempts}
+        return recorded | self.exchange.taken_over
+
+    @property
+    def undetected_duplicates(self) -> set[str]:
+        """Orders the exchange placed twice that the service does not report: must not exist."""
+        return self.duplicates.keys() - self.detected_duplicates
 
     @property
     def fault_end_to_last_placement_s(self) -> float | None:
@@ -316,8 +369,9 @@ class Ledger:
             self.statuses["pending"],
             len(self.ambiguous),
             len(self.refused_yet_stored),
+            len(self.outcome_unknown),
             len(self.unanswered_yet_stored),
-            len(self.duplicates),
+            f"{len(self.duplicates)} ({len(self.duplicates.keys() & self.detected_duplicates)})",
             f"{self.max_to_placed_s:.1f}",
             "—" if to_last is None else f"{to_last:.1f}",
             len(self.dead_letters),
@@ -355,6 +409,7 @@ class Ledger:
         )
         parts = [
             f"ambiguous commits: {some(self.ambiguous)}",
+            f"orders of COMMITs whose outcome the API could not learn (500): {len(self.outcome_unknown)}",
             f"500 or no answer, yet the order exists: {dict(untold_answers)} {some(untold.values())}",
             f"rows no request explains: {some(self.unexplained)}",
             f"placed twice (placements on the exchange's record): {some(self.duplicates)}",

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
@@ -74,7 +74,7 @@ def _as_user(user: str, command: list[str]) -> list[str]:
     return ["runuser", "-u", user, "--", *command] if os.geteuid() == 0 else command
 
 
-def _owned_temporary_directory(prefix: str, user: str) -> Path:
+def owned_temporary_directory(prefix: str, user: str) -> Path:
     """A new temporary directory that ``user`` owns (when this process is root and can give it away)."""
     directory = Path(tempfile.mkdtemp(prefix=prefix))
     directory.chmod(0o755)
@@ -136,6 +136,13 @@ def _await_stopped(pid: int, deadline: float) -> None:
         time.sleep(0.01)
 
 
+def _await_dead(pid: int, deadline: float) -> None:
+    while (state := _state(pid)) not in (None, "Z", "X"):
+        if time.monotonic() >= deadline:
+            raise ServerError(f"process {pid} ({_command_name(pid)}) still in state {state} after SIGKILL")
+        time.sleep(0.01)
+
+
 @contextmanager
 def process_tree_frozen(root_pid: int) -> Iterator[list[int]]:
     """SIGSTOP ``root_pid`` and every process descending from it for the block; SIGCONT them after.
@@ -170,7 +177,7 @@ def postgres_bindir() -> Path:
     """Where ``initdb`` and ``pg_ctl`` are: on PATH, ``pg_config --bindir``, or the newest Debian install."""
     on_path = shutil.which("initdb")
     if on_path:
-        return Path(on_path).parent
+        return Path(on_path).resolve().parent  # a symbolic link's bindir may lack pg_basebackup
     with suppress(OSError, ServerError):
         bindir = Path(_run(["pg_config", "--bindir"], timeout_s=10).strip())
         if (bindir / "initdb").exists():
@@ -186,12 +193,18 @@ def postgres_bindir() -> Path:
 class PrivatePostgres:
     """A PostgreSQL cluster of the suite's own: trust authentication, user ``postgres``, 127.0.0.1 only."""
 
-    def __init__(self, bindir: Path, directory: Path, port: int) -> None:
+    def __init__(
+        self, bindir: Path, directory: Path, port: int, settings: Mapping[str, str] | None = None
+    ) -> None:
+        """``settings``: server settings given on its command line, which win over its files'."""
         self._bindir = bindir
+        self.directory = directory
         self._data = directory / "data"
         self.log = directory / "postgresql.log"
         self.port = port
-        self._options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        given = "".join(f" -c {name}='{value}'" for name, value in (settings or {}).items())
+        listen = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
+        self._options = f"{listen} -c max_connections=200{given}"
 
     @property
     def url(self) -> str:
@@ -230,6 +243,33 @@ class PrivatePostgres:
             SERVER_START_TIMEOUT_S,
         )
 
+    def copy_of(self, primary: PrivatePostgres) -> None:
+        """Make this cluster a streaming standby of ``primary`` (``pg_basebackup -R``), not ``initdb``."""
+        _run(
+            _as_user(
+                "postgres",
+                [
+                    str(self._bindir / "pg_basebackup"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(primary.port),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(self._data),
+                    "-R",
+                    "-X",
+                    "stream",
+                ],
+            ),
+            SERVER_START_TIMEOUT_S,
+        )
+
+    def promote(self) -> None:
+        """End a standby's recovery and wait until it accepts writes."""
+        self._pg_ctl("promote")
+
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         self._pg_ctl("-l", str(self.log), "-o", self._options, "start")
@@ -257,6 +297,30 @@ class PrivatePostgres:
         with process_tree_frozen(self.postmaster_pid) as pids:
             yield pids
 
+    def kill(self) -> list[int]:
+        """SIGKILL every process of the cluster at once, as a crash of its machine would; return their pids.
+
+        Nothing is flushed or sent any more, and whatever its sockets still held is dropped. The
+        pid file goes too, so that the data directory can be started again (or deleted).
+        """
+        with process_tree_frozen(self.postmaster_pid) as pids:
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        for pid in pids:
+            _await_dead(pid, deadline)
+        (self._data / "postmaster.pid").unlink(missing_ok=True)
+        return pids
+
+    def ensure_running(self) -> None:
+        """Start the server again if an earlier scenario left it stopped (a restart that failed).
+
+        One broken restart then fails one scenario, not every scenario after it.
+        """
+        if not (self._data / "postmaster.pid").exists():
+            self.start()
+
     def shut_down(self) -> None:
         """Stop the server if it runs, at once; if ``pg_ctl`` cannot, SIGQUIT (immediate shutdown) it."""
         pid_file = self._data / "postmaster.pid"
@@ -271,12 +335,12 @@ class PrivatePostgres:
 
 
 @contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
+def private_postgres(settings: Mapping[str, str] | None = None) -> Iterator[PrivatePostgres]:
     """A freshly initialised PostgreSQL cluster, running for the block, stopped and deleted after it."""
-    directory = _owned_temporary_directory("orders-faults-postgres-", "postgres")
+    directory = owned_temporary_directory("orders-faults-postgres-", "postgres")
     try:
         [port] = free_ports(1)
-        server = PrivatePostgres(postgres_bindir(), directory, port)
+        server = PrivatePostgres(postgres_bindir(), directory, port, settings)
         server.initialise()
         try:
             server.start()
@@ -351,8 +415,44 @@ class PrivateRabbitMQ:
         """Start the node detached and wait until it and its management API are running."""
         self._write_configuration()
         _run(["rabbitmq-server", "-detached"], COMMAND_MARGIN_S, self._env)
-        self.rabbitmqctl("wait", str(self._pid_file), "--timeout", str(SERVER_START_TIMEOUT_S))
+        self._await_startup()
         self._wait_for_management()
+
+    def _await_startup(self) -> None:
+        """Wait until the node has booted, asking again after every refused or failed ``rabbitmqctl``.
+
+        A node recovering the quorum queues of earlier scenarios can refuse the first calls (its
+        distribution port is not open yet, or its pid file is not written yet); one such answer
+        must not end the wait, only the deadline may.
+        """
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            remaining_s = deadline - time.monotonic()
+            try:
+                self.rabbitmqctl("await_startup", "--timeout", str(max(1, int(remaining_s))))
+                return
+            except ServerError:
+                if time.monotonic() + 1 >= deadline:
+                    raise
+            time.sleep(1)
+
+    def answers(self) -> bool:
+        """Whether the node's management API answers now."""
+        try:
+            return requests.get(f"{self.management_url}/api/overview", auth=RABBITMQ_USER, timeout=5).ok
+        except requests.RequestException:
+            return False
+
+    def ensure_running(self) -> None:
+        """Start the node again if an earlier scenario left it down (a restart that failed).
+
+        One broken restart then fails one scenario, not every scenario after it.
+        """
+        if self.answers():
+            return
+        with suppress(ServerError):
+            self.shut_down()
+        self.start()
 
     def _wait_for_management(self) -> None:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -421,7 +521,7 @@ class PrivateRabbitMQ:
 @contextmanager
 def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
     """A fresh RabbitMQ node with its management API, running for the block, shut down and deleted after."""
-    directory = _owned_temporary_directory("orders-faults-rabbitmq-", "rabbitmq")
+    directory = owned_temporary_directory("orders-faults-rabbitmq-", "rabbitmq")
     try:
         node = PrivateRabbitMQ(directory)
         try:

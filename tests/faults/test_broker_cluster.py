@@ -19,14 +19,14 @@ from urllib.parse import quote
 
 import pytest
 
-from orders_api.adapters.queue_topology import set_up_placement_queues
-from orders_api.adapters.schema import upgrade
-from orders_api.config import Settings
+from orders_api.adapters.postgres.migrate import upgrade
+from orders_api.adapters.rabbitmq.queue_topology import set_up_placement_queues
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.faults.cluster import ClusterNode, PrivateRabbitMQCluster, private_rabbitmq_cluster
 from tests.faults.harness import FAULT_AFTER_ANSWERS, FaultRun
 from tests.faults.servers import PrivatePostgres
 from tests.faults.test_fault_scenarios import check
-from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.faults
 

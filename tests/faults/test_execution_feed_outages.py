@@ -23,16 +23,23 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from orders_api.adapters.database import create_engine
-from orders_api.config import Settings
+from orders_api.adapters.postgres.database import create_engine
 from orders_api.executions import ExecutionKind
-from tests.e2e.processes import BIN, ProcessOptions, _start, _stop_quietly, free_port, service_environment
-from tests.execution_reports import (
+from orders_api.settings.shared import Settings
+from orders_testkit.execution_reports import (
     logged_reports,
     replayed_states,
     store_orders,
     stored_exec_ids,
     stored_states,
+)
+from orders_testkit.processes import (
+    BIN,
+    ProcessOptions,
+    _start,
+    _stop_quietly,
+    free_port,
+    service_environment,
 )
 from tests.faults.feed_ledger import FEED_HEADER, FEED_RULE, FeedLedger
 from tests.faults.harness import FaultRun

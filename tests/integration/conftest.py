@@ -12,15 +12,15 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from flask import Flask
 from flask.testing import FlaskClient
 
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
-from orders_api.adapters.database import create_engine
-from orders_api.adapters.placement_queue import PlacementPublisher, queue_declarations
-from orders_api.config import Settings
-from orders_api.entrypoints.app import create_app, db
+from orders_api.adapters.postgres.database import create_engine
+from orders_api.adapters.postgres.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.adapters.rabbitmq.confirmed_publisher import ConfirmedPublisher
+from orders_api.adapters.rabbitmq.placement_queue import PlacementPublisher, queue_declarations
+from orders_api.api.app import create_app, db
 from orders_api.service_layer.placement import Exchange
-from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.settings.shared import Settings
+from tests.settings_env import workers_on
 from workers.bootstrap import bootstrap, logged_exchange
-from workers.settings import WorkerSettings
 
 #: Milliseconds a queue join may take before the test fails instead of hanging.
 JOIN_TIMEOUT_MS = 20_000
@@ -73,12 +73,12 @@ def start_worker(settings: Settings) -> Iterator[StartWorker]:
 
     def start(exchange: Exchange = logged_exchange, **overrides: int) -> RabbitmqBroker:
         options: dict[str, int] = {
-            "min_backoff_ms": 20,
-            "max_backoff_ms": 200,
+            "placement_min_backoff_ms": 20,
+            "placement_max_backoff_ms": 200,
             "claim_lease_ms": 2000,
             **overrides,
         }
-        broker = bootstrap(WorkerSettings(shared=settings, threads=4, **options), exchange)
+        broker = bootstrap(workers_on(settings, worker_threads=4, **options), exchange)
         assert isinstance(broker, RabbitmqBroker)
         worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100)
         worker.start()
@@ -94,7 +94,7 @@ def start_worker(settings: Settings) -> Iterator[StartWorker]:
 @pytest.fixture
 def exchange_outcomes(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     """Script the stand-in's availability draws (``>= 0.9`` fails) and skip its 0.5 s sleep."""
-    monkeypatch.setattr("orders_api.stock_exchange.time.sleep", lambda _seconds: None)
+    monkeypatch.setattr("exchange_simulator.stock_exchange.time.sleep", lambda _seconds: None)
 
     def script(*draws: float, then: float = 0.0) -> None:
         remaining = list(draws)
@@ -104,7 +104,7 @@ def exchange_outcomes(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
             with lock:
                 return remaining.pop(0) if remaining else then
 
-        monkeypatch.setattr("orders_api.stock_exchange.random.random", draw)
+        monkeypatch.setattr("exchange_simulator.stock_exchange.random.random", draw)
 
     script()
     return script

@@ -12,10 +12,10 @@ from typing import Any
 import psycopg2.extensions
 import pytest
 
-from orders_api import stock_exchange
+from exchange_simulator import stock_exchange
 from orders_api.domain import Order, OrderType, Side
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.integration.checks import order_row
-from tests.rabbitmq_admin import RabbitAdmin
 
 #: A valid order body for ``POST /orders``.
 ORDER = {"type": "limit", "side": "sell", "instrument": "GB0002634946", "limit_price": "12.34", "quantity": 7}

@@ -16,15 +16,15 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 from psycopg2 import sql
 
-from orders_api.adapters.confirmed_publisher import PublishError
-from orders_api.adapters.placement_queue import PlacementPublisher
-from orders_api.config import Settings
-from orders_api.entrypoints.errors import INTERNAL_ERROR_BODY
+from orders_api.adapters.postgres.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.adapters.rabbitmq.confirmed_publisher import PublishError
+from orders_api.adapters.rabbitmq.placement_queue import PlacementPublisher
+from orders_api.api.errors import INTERNAL_ERROR_BODY
 from orders_api.service_layer.ordering import accept_orders
-from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.integration.checks import order_row
 from tests.integration.placement_helpers import new_order
-from tests.rabbitmq_admin import RabbitAdmin
 from workers.broker import PlacementBroker
 
 pytestmark = pytest.mark.integration

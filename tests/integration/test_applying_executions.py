@@ -16,6 +16,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,16 +24,17 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from orders_api.adapters.confirmed_publisher import OutgoingMessage, QueueDeclaration
-from orders_api.adapters.database import create_engine
-from orders_api.adapters.execution_messages import encode_reports
-from orders_api.adapters.execution_queues import execution_queue_declarations, partition_queue
-from orders_api.config import Settings
-from orders_api.entrypoints.applier import Applier, ApplierSettings
-from orders_api.entrypoints.execution_metrics import ApplierMetrics
+from orders_api.adapters.postgres.database import create_engine
+from orders_api.adapters.postgres.execution_batches import apply_batch
+from orders_api.adapters.rabbitmq.confirmed_publisher import OutgoingMessage, QueueDeclaration
+from orders_api.adapters.rabbitmq.execution_messages import encode_reports
+from orders_api.adapters.rabbitmq.execution_queues import execution_queue_declarations, partition_queue
+from orders_api.execution_feed.applier import Applier
+from orders_api.execution_feed.metrics import ApplierMetrics
 from orders_api.executions import ExecutionKind, ExecutionReport
-from tests.e2e.processes import free_port
-from tests.execution_reports import (
+from orders_api.settings.applier import ApplierSettings
+from orders_api.settings.shared import Settings
+from orders_testkit.execution_reports import (
     count_stored,
     expected_state,
     feed_of,
@@ -43,8 +45,9 @@ from tests.execution_reports import (
     stored_states,
     story_of,
 )
+from orders_testkit.processes import free_port
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.prometheus_samples import scrape_port
-from tests.rabbitmq_admin import RabbitAdmin
 from tests.waiting import wait_until
 
 PARTITIONS = 4
@@ -53,10 +56,18 @@ DRAIN_TIMEOUT_S = 60.0
 
 
 @pytest.fixture
-def applier_settings(rabbit: RabbitAdmin, tmp_path: Path) -> Iterator[ApplierSettings]:
-    """Partition queues of this test's own, deleted afterwards (quorum queues hold file handles)."""
+def applier_settings(
+    plain_settings: Settings, rabbit: RabbitAdmin, tmp_path: Path
+) -> Iterator[ApplierSettings]:
+    """``plain_settings`` with partition queues of this test's own, deleted afterwards (quorum queues
+    hold file handles)."""
     prefix = f"order-executions.{uuid.uuid4().hex[:8]}"
-    yield ApplierSettings(queue_prefix=prefix, partitions=PARTITIONS, heartbeat_file=tmp_path / "heartbeat")
+    yield ApplierSettings(
+        **plain_settings.model_dump(),
+        execution_queue_prefix=prefix,
+        execution_partitions=PARTITIONS,
+        applier_heartbeat_file=tmp_path / "heartbeat",
+    )
     rabbit.delete_queues_if_present(
         *(declaration.name for declaration in execution_queue_declarations(prefix, PARTITIONS))
     )
@@ -65,10 +76,27 @@ def applier_settings(rabbit: RabbitAdmin, tmp_path: Path) -> Iterator[ApplierSet
 def ready_messages(rabbit: RabbitAdmin, settings: ApplierSettings) -> int:
     """Messages left in the partition queues, ready or unacked, as the broker counts them now."""
     total = 0
-    for partition in range(settings.partitions):
-        queue = rabbit.queue(partition_queue(settings.queue_prefix, partition))
+    for partition in range(settings.execution_partitions):
+        queue = rabbit.queue(partition_queue(settings.execution_queue_prefix, partition))
         total += int(queue.get("messages_ready", 0)) + int(queue.get("messages_unacknowledged", 0))
     return total
+
+
+@contextmanager
+def applier_running(
+    applier_settings: ApplierSettings, engine: sa.Engine
+) -> Iterator[tuple[Applier, ApplierMetrics, threading.Thread]]:
+    """An applier on a thread of its own, with its metrics; stopped, and seen to end, when the block ends."""
+    metrics = ApplierMetrics()
+    applier = Applier(applier_settings, engine, metrics)
+    thread = threading.Thread(target=applier.run)
+    thread.start()
+    try:
+        yield applier, metrics, thread
+    finally:
+        applier.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive(), "the applier did not stop within 10 s"
 
 
 def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_replay(
@@ -83,7 +111,7 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
     stranger = ExecutionReport(
         "stranger", uuid.uuid4(), 1, stories[0][0].kind, 0, None, stories[0][0].reported_at
     )
-    queue = partition_queue(applier_settings.queue_prefix, 0)
+    queue = partition_queue(applier_settings.execution_queue_prefix, 0)
     garbage = OutgoingMessage(queue, b'{"kind": "fill"', "garbage")
     single = [
         OutgoingMessage(queue, json.dumps(report_fields(report, 0)).encode(), report.exec_id)
@@ -94,26 +122,18 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
         encode_reports([{"kind": "fill"}, *(report_fields(report, 0) for report in stories[-1])]),
         "beside-malformed",
     )
-    publish_reports(
+    resent = publish_reports(
         plain_settings.rabbitmq_url,
-        applier_settings.queue_prefix,
+        applier_settings.execution_queue_prefix,
         PARTITIONS,
         [*feed, stranger],
         extra=[garbage, *single, beside_malformed],
     )
-    metrics = ApplierMetrics()
-    applier = Applier(plain_settings, applier_settings, engine, metrics)
-    thread = threading.Thread(target=applier.run)
-    thread.start()
-    try:
+    with applier_running(applier_settings, engine) as (applier, metrics, _thread):
         distinct = sum(len(story) for story in stories)
         wait_until(
             lambda: count_stored(engine, [o.id for o in orders]) == distinct, DRAIN_TIMEOUT_S, "every report"
         )
-    finally:
-        applier.stop()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
 
     assert sorted(stored_exec_ids(engine, [o.id for o in orders])) == sorted(
         r.exec_id for s in stories for r in s
@@ -123,17 +143,21 @@ def test_repeated_and_shuffled_reports_are_each_applied_once_as_a_straight_repla
     }
     assert applier.applied == distinct
     well_formed = len(feed) + 1 + len(stories[-2]) + len(stories[-1])
-    assert reports_counted(metrics) == {
-        "applied": distinct,
-        "repeated": well_formed - distinct - 1,
-        "unknown_order": 1,
-        "malformed": 2,  # the body that is not JSON, the report beside a good one
-        "refused": 0,
-    }
+    assert_counted(
+        metrics,
+        {
+            "applied": distinct,
+            "repeated": well_formed - distinct - 1,
+            "unknown_order": 1,
+            "malformed": 2,  # the body that is not JSON, the report beside a good one
+            "refused": 0,
+        },
+        resent,
+    )
     assert metrics.registry.get_sample_value("orders_execution_lag_seconds_count") == distinct
     # The repeats, the report about no order of ours and the malformed ones were all acked.
     wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
-    assert applier_settings.heartbeat_file.exists()
+    assert applier_settings.applier_heartbeat_file.exists()
 
 
 def test_a_report_the_database_refuses_is_dropped_alone_and_every_other_applied(
@@ -155,32 +179,155 @@ def test_a_report_the_database_refuses_is_dropped_alone_and_every_other_applied(
         datetime.now(UTC),
     )
     half = len(feed) // 2
-    publish_reports(
+    resent = publish_reports(
         plain_settings.rabbitmq_url,
-        applier_settings.queue_prefix,
+        applier_settings.execution_queue_prefix,
         PARTITIONS,
         [*feed[:half], poison, *feed[half:]],
     )
-    metrics = ApplierMetrics()
-    applier = Applier(plain_settings, applier_settings, engine, metrics)
-    thread = threading.Thread(target=applier.run)
-    thread.start()
     ids = [order.id for order in orders]
-    try:
+    with applier_running(applier_settings, engine) as (_applier, metrics, _thread):
         distinct = sum(len(story) for story in stories)
         wait_until(lambda: count_stored(engine, ids) == distinct, DRAIN_TIMEOUT_S, "every other report")
         wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
-    finally:
-        applier.stop()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
 
     assert "poison" not in stored_exec_ids(engine, ids)
     assert stored_states(engine, ids) == {
         order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
     }
-    assert reports_counted(metrics)["refused"] == 1
-    assert reports_counted(metrics)["applied"] == distinct
+    assert_counted(metrics, {"applied": distinct, "refused": 1}, resent)
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        pytest.param({"exec_id": "nul\u0000inside"}, id="NUL in exec_id"),
+        pytest.param({"exec_id": "\ud800"}, id="lone surrogate exec_id"),
+        pytest.param({"order_id": None}, id="no order_id"),
+    ],
+)
+def test_a_report_that_cannot_be_stored_is_dropped_alone_and_the_rest_of_its_message_applied(
+    plain_settings: Settings,
+    applier_settings: ApplierSettings,
+    engine: sa.Engine,
+    rabbit: RabbitAdmin,
+    poison: dict[str, object],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Catches one report stopping every partition: psycopg2 refuses a NUL or a lone surrogate with a
+    ``ValueError`` (no SQLAlchemy error), which once escaped the applier's loop and ended the process,
+    and the message came back first, forever. The poison sits mid-message, copied from a real fill,
+    so that applying it would also show in its order's state."""
+    rng = random.Random(14)
+    orders = store_orders(engine, 12)
+    stories = [story_of(order, rng) for order in orders]
+    feed = feed_of(stories, rng, repeats=0.0)
+    fields = [report_fields(report, feed_seq) for feed_seq, report in enumerate(feed, start=1)]
+    copied = next(item for item in fields if item["kind"] in ("fill", "partial_fill"))
+    bad = {key: value for key, value in {**copied, **poison}.items() if value is not None}
+    queue = partition_queue(applier_settings.execution_queue_prefix, 0)
+    half = len(fields) // 2
+    message = OutgoingMessage(queue, encode_reports([*fields[:half], bad, *fields[half:]]), "with-poison")
+    publish_reports(
+        plain_settings.rabbitmq_url, applier_settings.execution_queue_prefix, PARTITIONS, [], extra=[message]
+    )
+    ids = [order.id for order in orders]
+    with applier_running(applier_settings, engine) as (_applier, metrics, thread):
+        wait_until(
+            lambda: count_stored(engine, ids) == len(feed) or not thread.is_alive(),
+            DRAIN_TIMEOUT_S,
+            "every other report",
+        )
+        assert thread.is_alive(), "the applier stopped on the poison report"
+        wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
+
+    assert sorted(stored_exec_ids(engine, ids)) == sorted(report.exec_id for report in feed)
+    assert stored_states(engine, ids) == {
+        order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
+    }
+    counted = reports_counted(metrics)
+    assert counted["applied"] == len(feed)
+    # The parser owns text that is not text (orders_api.executions._text): malformed, not refused.
+    assert (counted["malformed"], counted["refused"]) == (1, 0)
+    dropped = [
+        record for record in caplog.records if record.levelname == "ERROR" and hasattr(record, "report")
+    ]
+    assert [record.report for record in dropped] == [bad], "the dropped report is logged whole"
+
+
+@pytest.mark.parametrize("exec_id", ["nul\u0000inside", "\ud800"], ids=["NUL", "lone surrogate"])
+def test_text_the_driver_cannot_encode_past_the_parser_is_refused_alone_and_the_batch_applied(
+    engine: sa.Engine, exec_id: str
+) -> None:
+    """The second line behind the parser: psycopg2's bare ``ValueError`` is taken as refused data,
+    so the batch is applied report by report and only the report it cannot encode is handed back."""
+    rng = random.Random(16)
+    orders = store_orders(engine, 4)
+    stories = [story_of(order, rng) for order in orders]
+    reports = feed_of(stories, rng, repeats=0.0)
+    poison = ExecutionReport(exec_id, orders[0].id, 99, ExecutionKind.ACCEPTED, 0, None, datetime.now(UTC))
+
+    outcome = apply_batch(engine, [*reports[:2], poison, *reports[2:]])
+
+    assert outcome.refused == [poison]
+    assert outcome.applied.applied == len(reports)
+    ids = [order.id for order in orders]
+    assert sorted(stored_exec_ids(engine, ids)) == sorted(report.exec_id for report in reports)
+    assert stored_states(engine, ids) == {
+        order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)
+    }
+
+
+def test_a_report_already_stored_by_an_earlier_batch_is_counted_repeated_and_changes_nothing(
+    plain_settings: Settings, applier_settings: ApplierSettings, engine: sa.Engine, rabbit: RabbitAdmin
+) -> None:
+    """The ledger's other half: a repeat that arrives after its first copy committed, in a batch of
+    its own (the feed resending after a reconnect, the ingestor republishing a run)."""
+    rng = random.Random(15)
+    orders = store_orders(engine, 10)
+    stories = [story_of(order, rng) for order in orders]
+    feed = feed_of(stories, rng, repeats=0.0)
+    ids = [order.id for order in orders]
+    resent = publish_reports(
+        plain_settings.rabbitmq_url, applier_settings.execution_queue_prefix, PARTITIONS, feed
+    )
+    with applier_running(applier_settings, engine) as (_applier, metrics, thread):
+        wait_until(lambda: count_stored(engine, ids) == len(feed), DRAIN_TIMEOUT_S, "the first copies")
+        wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the first copies acked")
+        before = stored_states(engine, ids)
+        repeated_before = reports_counted(metrics)["repeated"] or 0
+        resent += publish_reports(
+            plain_settings.rabbitmq_url, applier_settings.execution_queue_prefix, PARTITIONS, feed
+        )
+        wait_until(
+            lambda: (
+                (reports_counted(metrics)["repeated"] or 0) - repeated_before >= len(feed)
+                or not thread.is_alive()
+            ),
+            DRAIN_TIMEOUT_S,
+            "the repeats to be counted",
+        )
+        assert thread.is_alive()
+        wait_until(lambda: ready_messages(rabbit, applier_settings) == 0, 10.0, "the queues to be empty")
+    assert_counted(metrics, {"applied": len(feed), "repeated": len(feed)}, resent)
+    assert len(stored_exec_ids(engine, ids)) == len(feed)
+    assert (
+        stored_states(engine, ids)
+        == before
+        == {order.id: expected_state(story) for order, story in zip(orders, stories, strict=True)}
+    )
+
+
+def assert_counted(metrics: ApplierMetrics, expected: dict[str, int], resent: int) -> None:
+    """Each outcome in ``expected`` counted exactly, up to ``resent`` more of those other than
+    ``applied`` (reports the broker refused once and took again, see ``publish_reports``)."""
+    counted = reports_counted(metrics)
+    for outcome, count in expected.items():
+        assert count <= (counted[outcome] or 0) <= count + (0 if outcome == "applied" else resent), (
+            f"{outcome}: {counted[outcome]} counted, {count} expected, {resent} resent"
+        )
+    extra = sum((counted[outcome] or 0) - count for outcome, count in expected.items())
+    assert extra <= resent, f"{extra} more reports counted than sent once, {resent} resent"
 
 
 def reports_counted(metrics: ApplierMetrics) -> dict[str, float | None]:
@@ -199,13 +346,13 @@ def _start_applier(
         "APPLIER_METRICS_PORT": str(metrics_port),
         "DATABASE_URL": settings.database_url,
         "RABBITMQ_URL": settings.rabbitmq_url,
-        "EXECUTION_QUEUE_PREFIX": applier_settings.queue_prefix,
-        "EXECUTION_PARTITIONS": str(applier_settings.partitions),
-        "APPLIER_HEARTBEAT_FILE": str(applier_settings.heartbeat_file),
+        "EXECUTION_QUEUE_PREFIX": applier_settings.execution_queue_prefix,
+        "EXECUTION_PARTITIONS": str(applier_settings.execution_partitions),
+        "APPLIER_HEARTBEAT_FILE": str(applier_settings.applier_heartbeat_file),
     }
     with log.open("ab") as output:
         return subprocess.Popen(
-            [sys.executable, "-c", "from orders_api.entrypoints.applier import main; main()"],
+            [sys.executable, "-c", "from orders_api.execution_feed.applier import main; main()"],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -226,7 +373,7 @@ def test_an_applier_killed_or_stopped_mid_stream_loses_and_doubles_nothing_once_
     distinct = sum(len(story) for story in stories)
     publish_reports(
         plain_settings.rabbitmq_url,
-        applier_settings.queue_prefix,
+        applier_settings.execution_queue_prefix,
         PARTITIONS,
         feed_of(stories, rng, repeats=0.2),
     )
@@ -287,16 +434,21 @@ def test_a_batch_the_database_refuses_stays_unacked_and_is_applied_once_the_data
     ids = [order.id for order in orders]
     distinct = sum(len(story) for story in stories)
     # Statements give up after 300 ms, so a locked table fails each try of the batch quickly.
-    impatient = Settings(database_url=database_url, rabbitmq_url=rabbitmq_url, statement_timeout_ms=300)
+    impatient = applier_settings.model_copy(
+        update={"database_url": database_url, "rabbitmq_url": rabbitmq_url, "statement_timeout_ms": 300}
+    )
     applier_engine = create_engine(impatient, pool_size=1, application_name="orders-test-applier")
-    applier = Applier(impatient, applier_settings, applier_engine)
+    applier = Applier(impatient, applier_engine)
     thread = threading.Thread(target=applier.run)
     blocker = engine.connect()
     try:
         blocker.execute(sa.text("LOCK TABLE executions IN ACCESS EXCLUSIVE MODE"))
         thread.start()
         publish_reports(
-            rabbitmq_url, applier_settings.queue_prefix, PARTITIONS, feed_of(stories, rng, repeats=0.2)
+            rabbitmq_url,
+            applier_settings.execution_queue_prefix,
+            PARTITIONS,
+            feed_of(stories, rng, repeats=0.2),
         )
         wait_until(
             lambda: (
@@ -330,4 +482,4 @@ def test_a_batch_the_database_refuses_stays_unacked_and_is_applied_once_the_data
 
 
 def _queues(settings: ApplierSettings) -> tuple[QueueDeclaration, ...]:
-    return execution_queue_declarations(settings.queue_prefix, settings.partitions)
+    return execution_queue_declarations(settings.execution_queue_prefix, settings.execution_partitions)

@@ -8,7 +8,6 @@ cluster (``tests/faults/test_broker_cluster.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import threading
 import time
@@ -22,10 +21,10 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from orders_api.config import Settings
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.integration.conftest import StartWorker
 from tests.integration.placement_helpers import ORDER, RecordingExchange, eventually, settled_row
-from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +126,7 @@ def first_node(request: pytest.FixtureRequest) -> int:
 def settings(settings: Settings, rabbit: RabbitAdmin, first_node: int) -> Settings:
     """This test's settings with the stand-in node listed before the real one in ``RABBITMQ_URL``."""
     stand_in = f"amqp://guest:guest@127.0.0.1:{first_node}/{quote(rabbit.vhost, safe='')}"
-    return dataclasses.replace(settings, rabbitmq_url=f"{stand_in};{settings.rabbitmq_url}")
+    return settings.model_copy(update={"rabbitmq_url": f"{stand_in};{settings.rabbitmq_url}"})
 
 
 def test_with_the_first_node_down_an_order_is_accepted_and_a_worker_places_it(

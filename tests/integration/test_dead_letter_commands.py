@@ -17,10 +17,11 @@ import pytest
 from click.testing import Result
 from flask.testing import FlaskClient
 
-from orders_api import stock_exchange
-from orders_api.adapters.dead_letters import RabbitDeadLetterQueue
-from orders_api.config import Settings
+from exchange_simulator import stock_exchange
+from orders_api.adapters.rabbitmq.dead_letters import RabbitDeadLetterQueue
 from orders_api.domain import Order
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.integration.checks import order_row
 from tests.integration.conftest import StartWorker
 from tests.integration.placement_helpers import (
@@ -30,7 +31,6 @@ from tests.integration.placement_helpers import (
     queue_drained,
     settled_row,
 )
-from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +58,8 @@ class FailThenGatedExchange:
 
 @pytest.fixture
 def exchange(monkeypatch: pytest.MonkeyPatch) -> Iterator[FailThenGatedExchange]:
-    monkeypatch.setattr("orders_api.stock_exchange.random.random", lambda: 0.0)
-    monkeypatch.setattr("orders_api.stock_exchange.time.sleep", lambda _seconds: None)
+    monkeypatch.setattr("exchange_simulator.stock_exchange.random.random", lambda: 0.0)
+    monkeypatch.setattr("exchange_simulator.stock_exchange.time.sleep", lambda _seconds: None)
     exchange = FailThenGatedExchange()
     yield exchange
     exchange.gate.set()  # never leave a worker thread waiting

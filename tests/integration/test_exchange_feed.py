@@ -1,6 +1,6 @@
 """The exchange feed simulator as a client sees it: a real process, real PostgreSQL, a real WebSocket.
 
-Each test starts ``python -m orders_api.exchange_feed`` on a free port with a state directory of
+Each test starts ``python -m exchange_simulator.feed`` on a free port with a state directory of
 its own, reading this run's database, where the test places orders of its own. The feed reports
 every placed order of the database, so the checks look at the test's own orders (and at the
 whole log where the log is the point).
@@ -26,10 +26,14 @@ from typing import Any
 import psycopg2
 import pytest
 import requests
+import sqlalchemy as sa
+from psycopg2 import sql
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import ClientConnection, connect
 
-from orders_api.exchange_feed.stories import PlacedOrder
+from exchange_simulator.feed.durable_log import the_only_log
+from exchange_simulator.feed.stories import PlacedOrder
+from orders_api.adapters.postgres.migrate import upgrade
 from tests.execution_stories import TERMINAL_KINDS, assert_follows_contract, step_of
 
 pytestmark = pytest.mark.integration
@@ -65,7 +69,7 @@ class Feed:
 
     def logged_reports(self) -> list[Report]:
         """The reports in the durable log, in feed_seq order."""
-        lines = (self.state_dir / "feed.jsonl").read_text().splitlines()
+        lines = the_only_log(self.state_dir).read_text().splitlines()
         return [record for record in map(json.loads, lines) if "feed_seq" in record]
 
 
@@ -99,7 +103,7 @@ def start_feed(database_url: str, tmp_path: Path) -> Iterator[StartFeed]:
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "orders_api.exchange_feed",
+                    sys.executable, "-m", "exchange_simulator.feed",
                     "--port", str(port), "--state-dir", str(state), "--database-url", database_url,
                     "--poll-interval", "0.05", *flags,
                 ],
@@ -233,6 +237,40 @@ def test_a_resume_gets_exactly_the_reports_after_its_position_also_from_a_restar
     assert read_until_quiet(restarted.url, middle) == everything[middle:]
     assert read_until_quiet(restarted.url, 0) == everything
     assert read_until_quiet(restarted.url, len(everything)) == []
+
+
+def test_a_database_created_again_under_its_old_name_gets_a_fresh_log_not_the_old_ones_reports(
+    start_feed: StartFeed, database_url: str
+) -> None:
+    first_orders = place_orders(database_url, 5, random.Random(21))
+    feed = start_feed("--clean", "--rate", "0")
+    first_run = read_until_quiet(feed.url, 0, lambda received: complete(received, first_orders))
+    feed.stop()
+    _create_again(database_url)
+    second_orders = place_orders(database_url, 3, random.Random(22))
+
+    again = start_feed("--clean", "--rate", "0", state_dir=feed.state_dir)
+    second_run = read_until_quiet(again.url, 0, lambda received: complete(received, second_orders))
+
+    assert {report["order_id"] for report in first_run} == {str(order_id) for order_id in first_orders}
+    assert {report["order_id"] for report in second_run} == {str(order_id) for order_id in second_orders}
+    assert second_run[0]["feed_seq"] == 1
+    assert len(list(feed.state_dir.glob("*/feed.jsonl"))) == 2
+
+
+def _create_again(database_url: str) -> None:
+    """Drop the test's database and create it again, migrated, under the same name (a new oid)."""
+    url = sa.make_url(database_url)
+    server_url = url.set(database="postgres").render_as_string(hide_password=False)
+    server = psycopg2.connect(server_url, connect_timeout=5)
+    server.autocommit = True
+    try:
+        with server.cursor() as cursor:
+            name = sql.Identifier(str(url.database))
+            cursor.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(name))
+    finally:
+        server.close()
+    upgrade(database_url)
 
 
 def test_a_feed_killed_mid_story_finishes_each_story_once_after_a_restart(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -10,10 +9,10 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask.testing import FlaskClient
 
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher
-from orders_api.config import Settings
-from orders_api.entrypoints.app import db
-from orders_api.entrypoints.health import PROBE_TIMEOUT_S
+from orders_api.adapters.rabbitmq.confirmed_publisher import ConfirmedPublisher
+from orders_api.api.app import db
+from orders_api.api.health import PROBE_TIMEOUT_S
+from orders_api.settings.shared import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +101,7 @@ def test_not_ready_within_a_second_when_rabbitmq_does_not_answer(
 ) -> None:
     port = request.getfixturevalue(broker)
     client = client_for(
-        dataclasses.replace(settings, rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{port}/%2F")
+        settings.model_copy(update={"rabbitmq_url": f"amqp://guest:guest@127.0.0.1:{port}/%2F"})
     )
 
     status, body, elapsed = timed_get(client, "/readyz")
@@ -124,7 +123,7 @@ def test_not_ready_within_a_second_when_postgresql_does_not_answer(
 ) -> None:
     port = request.getfixturevalue(database)
     client = client_for(
-        dataclasses.replace(settings, database_url=f"postgresql://postgres@127.0.0.1:{port}/orders")
+        settings.model_copy(update={"database_url": f"postgresql://postgres@127.0.0.1:{port}/orders"})
     )
     connect_publisher(client)
 
@@ -143,7 +142,7 @@ def test_an_exhausted_database_pool_makes_the_api_unready_within_a_second_then_r
     settings: Settings, client_for: Callable[[Settings], FlaskClient]
 ) -> None:
     # The pool waits DB_POOL_TIMEOUT_S (2 s) for a free connection; the probe must not.
-    client = client_for(dataclasses.replace(settings, db_pool_size=1))
+    client = client_for(settings.model_copy(update={"db_pool_size": 1}))
     connect_publisher(client)
     with client.application.app_context():
         held = db.engine.connect()

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,13 +23,13 @@ import requests
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from orders_api.adapters.database import create_engine
-from orders_api.config import Settings
-from orders_api.entrypoints.errors import INTERNAL_ERROR_BODY
+from orders_api.adapters.postgres.database import create_engine
+from orders_api.adapters.postgres.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.api.errors import INTERNAL_ERROR_BODY
 from orders_api.idempotency import KEY_TTL, request_fingerprint
 from orders_api.service_layer.ordering import purge_expired_idempotency_keys
-from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
-from tests.rabbitmq_admin import RabbitAdmin
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
 
@@ -301,7 +300,7 @@ def post_in_background(client: FlaskClient, order: dict[str, Any], key: str) -> 
 @pytest.fixture
 def patient_client(client_for: Callable[[Settings], FlaskClient], settings: Settings) -> FlaskClient:
     """A client whose statements may wait long enough for a test to end the other transaction first."""
-    return client_for(replace(settings, statement_timeout_ms=int(WAIT_TIMEOUT_S * 1000)))
+    return client_for(settings.model_copy(update={"statement_timeout_ms": int(WAIT_TIMEOUT_S * 1000)}))
 
 
 def test_a_request_waits_for_the_key_holder_and_returns_its_order_once_it_commits(
@@ -362,7 +361,7 @@ def test_a_key_held_past_the_statement_timeout_is_a_json_409_and_stores_nothing(
     key: str,
 ) -> None:
     timeout_ms = 300
-    impatient = client_for(replace(settings, statement_timeout_ms=timeout_ms))
+    impatient = client_for(settings.model_copy(update={"statement_timeout_ms": timeout_ms}))
     hold_key(holder, key, order)
 
     started = time.monotonic()

@@ -7,6 +7,7 @@ deletes the queues afterwards.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -24,20 +25,21 @@ import pika
 import pytest
 import sqlalchemy as sa
 
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage
-from orders_api.adapters.execution_messages import decode_reports
-from orders_api.adapters.execution_queues import (
+from orders_api.adapters.postgres.feed_cursor import EXCHANGE_FEED, FeedCursor
+from orders_api.adapters.rabbitmq.confirmed_publisher import ConfirmedPublisher, OutgoingMessage
+from orders_api.adapters.rabbitmq.execution_messages import decode_reports
+from orders_api.adapters.rabbitmq.execution_queues import (
     execution_queue_declarations,
     partition_of,
     partition_queue,
 )
-from orders_api.adapters.feed_cursor import EXCHANGE_FEED, FeedCursor
-from orders_api.entrypoints.execution_metrics import IngestorMetrics
-from orders_api.entrypoints.ingestor import Ingestor, IngestorSettings
-from tests.e2e.processes import free_port
+from orders_api.execution_feed.ingestor import Ingestor, Pacing
+from orders_api.execution_feed.metrics import IngestorMetrics
+from orders_api.settings.ingestor import IngestorSettings
+from orders_testkit.processes import free_port
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.integration.feed_server import Faults, FeedServer, make_reports
 from tests.prometheus_samples import scrape_port
-from tests.rabbitmq_admin import RabbitAdmin
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -57,13 +59,15 @@ class CheckedCursor:
     def __init__(self, cursor: FeedCursor, confirmed: set[int]) -> None:
         self._cursor = cursor
         self._confirmed = confirmed
+        #: Poison the test put in the feed: the ingestor skips these rather than confirming them.
+        self.skippable: set[int] = set()
         self.violations: list[int] = []
 
     def load(self) -> int:
         return self._cursor.load()
 
     def store(self, last_feed_seq: int) -> None:
-        missing = set(range(1, last_feed_seq + 1)) - self._confirmed
+        missing = set(range(1, last_feed_seq + 1)) - self._confirmed - self.skippable
         if missing:
             self.violations.append(last_feed_seq)
         self._cursor.store(last_feed_seq)
@@ -166,16 +170,19 @@ def make_ingestor(
     recording = RecordingPublisher(publisher)
     cursor = CheckedCursor(FeedCursor(engine, feed=f"test-{uuid.uuid4().hex}"), recording.confirmed)
     settings = IngestorSettings(
+        rabbitmq_url=rabbitmq_url,
         feed_url=feed.url,
-        queue_prefix=prefix,
-        partitions=partitions,
+        execution_queue_prefix=prefix,
+        execution_partitions=partitions,
+    )
+    pacing = Pacing(
         gap_timeout_s=0.3,
         # Small, so that backpressure meets gaps in the feed.
         max_held=100,
         backoff_cap_s=0.3,
         backoff_base_s=0.02,
     )
-    return Ingestor(settings, recording, cursor, metrics), recording, cursor, publisher
+    return Ingestor(settings, recording, cursor, metrics, pacing), recording, cursor, publisher
 
 
 def test_every_report_reaches_its_partition_once_in_order_despite_repeats_reordering_gaps_and_drops(
@@ -190,7 +197,16 @@ def test_every_report_reaches_its_partition_once_in_order_despite_repeats_reorde
         )
         try:
             with running(ingestor):
-                wait_until(lambda: cursor.load() == len(reports), 60, "the resume point to reach the end")
+                wait_until(
+                    lambda: cursor.load() == len(reports),
+                    60,
+                    "the resume point to reach the end",
+                    state=lambda: (
+                        f"stored resume point {cursor.load()}, watermark {ingestor.watermark},"
+                        f" {ingestor.published} reports confirmed, {ingestor.failed_publishes} publishes"
+                        f" failed, {feed.connections} feed connections"
+                    ),
+                )
         finally:
             publisher.close()
         assert feed.connections > 3
@@ -217,6 +233,28 @@ def test_every_report_reaches_its_partition_once_in_order_despite_repeats_reorde
             report for report in reports if partition_of(uuid.UUID(report["order_id"]), 4) == partition
         ]
         assert bodies == expected
+
+
+def test_reports_sent_beyond_what_the_ingestor_holds_are_fetched_again_when_the_feed_has_no_more(
+    rabbitmq_url: str, engine: sa.Engine, queue_prefix: str
+) -> None:
+    # One frame of 400 reports against a bound of 100 held: the 300 beyond are not held, and the
+    # feed, having sent everything, keeps the connection open and sends nothing more. Only a
+    # reconnect brings them again.
+    reports = make_reports(400)
+    with FeedServer(reports, Faults(frame_size=400)) as feed:
+        ingestor, _recording, cursor, publisher = make_ingestor(feed, rabbitmq_url, engine, queue_prefix, 2)
+        try:
+            with running(ingestor):
+                wait_until(
+                    lambda: cursor.load() == len(reports),
+                    30,
+                    "the resume point to reach the end",
+                    state=lambda: f"watermark {ingestor.watermark}, {feed.connections} feed connections",
+                )
+        finally:
+            publisher.close()
+        assert feed.connections >= 2
 
 
 def test_nacked_publishes_hold_the_resume_point_until_the_broker_takes_them(
@@ -355,3 +393,78 @@ def test_one_ingestor_process_takes_a_fast_feed_at_thousands_of_reports_per_seco
     rate = (len(reports) - first) / elapsed
     print(f"\ningested {len(reports) - first} reports in {elapsed:.2f} s: {rate:,.0f} reports/s")
     assert rate > 5000
+
+
+def follow_to_the_end(
+    feed: FeedServer,
+    rabbitmq_url: str,
+    engine: sa.Engine,
+    prefix: str,
+    metrics: IngestorMetrics,
+    poison: set[int],
+) -> tuple[RecordingPublisher, CheckedCursor, int]:
+    """Run an ingestor until its resume point reaches the feed's end; the most reports it held meanwhile."""
+    ingestor, recording, cursor, publisher = make_ingestor(feed, rabbitmq_url, engine, prefix, 4, metrics)
+    cursor.skippable = poison
+    most_held = 0
+
+    def at_the_end() -> bool:
+        nonlocal most_held
+        most_held = max(most_held, int(metrics.registry.get_sample_value("orders_feed_reports_held") or 0))
+        return cursor.load() == len(feed.reports)
+
+    try:
+        with running(ingestor):
+            wait_until(at_the_end, 30, "the resume point to pass the poison and reach the end")
+    finally:
+        publisher.close()
+    return recording, cursor, most_held
+
+
+def skipped(metrics: IngestorMetrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("orders_feed_reports_skipped_total", {"reason": reason}) or 0.0
+
+
+def test_a_report_that_does_not_parse_but_names_its_feed_seq_is_skipped_alone_and_the_feed_moves_on(
+    rabbitmq_url: str, engine: sa.Engine, queue_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Catches one report stalling the ingestor for good: its whole frame was dropped, the gap it
+    left never filled, and every reconnect read the same frame again."""
+    reports = make_reports(60)
+    poison = {7: {"feed_seq": 8, "exec_id": "no-order"}, 30: {**reports[30], "order_id": "nope"}}
+    feed_reports = [poison.get(index, report) for index, report in enumerate(reports)]
+    metrics = IngestorMetrics()
+    with FeedServer(feed_reports, Faults(frame_size=5)) as feed:
+        recording, cursor, _ = follow_to_the_end(feed, rabbitmq_url, engine, queue_prefix, metrics, {8, 31})
+    assert cursor.violations == []
+    assert skipped(metrics, "malformed") == 2
+    assert recording.confirmed == set(range(1, len(reports) + 1)) - {8, 31}
+    drained = drain(rabbitmq_url, queue_prefix, 4)
+    for partition, bodies in drained.items():
+        assert bodies == [
+            report
+            for index, report in enumerate(reports)
+            if index not in poison and partition_of(uuid.UUID(report["order_id"]), 4) == partition
+        ]
+    raw = [getattr(record, "raw", "") for record in caplog.records if record.levelname == "ERROR"]
+    assert [json.loads(text) for text in raw] == list(poison.values()), "each skipped report logged raw"
+
+
+def test_a_report_whose_feed_seq_cannot_be_read_is_declared_missing_after_a_bounded_wait(
+    rabbitmq_url: str, engine: sa.Engine, queue_prefix: str
+) -> None:
+    """The gap such a report leaves is skipped once several fresh connections, each resending from
+    the resume point, passed it without filling it; meanwhile the reports held stay within the bound."""
+    reports = make_reports(300)
+    feed_reports = [
+        {**report, "feed_seq": "eleven"} if index == 10 else report for index, report in enumerate(reports)
+    ]
+    metrics = IngestorMetrics()
+    with FeedServer(feed_reports, Faults(frame_size=5)) as feed:
+        recording, cursor, most_held = follow_to_the_end(
+            feed, rabbitmq_url, engine, queue_prefix, metrics, {11}
+        )
+    assert cursor.violations == []
+    assert skipped(metrics, "missing") == 1
+    assert recording.confirmed == set(range(1, len(reports) + 1)) - {11}
+    assert most_held <= 100, "max_held bounds what is held behind a gap"

@@ -24,8 +24,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from orders_api.entrypoints.app import MAX_BODY_BYTES
-from orders_api.entrypoints.schemas import (
+from orders_api.api.app import MAX_BODY_BYTES
+from orders_api.api.request_schemas import (
     INSTRUMENT_PATTERN,
     MAX_LIMIT_PRICE,
     MAX_QUANTITY,

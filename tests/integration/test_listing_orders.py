@@ -19,10 +19,10 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from orders_api.adapters.execution_ledger import apply_reports
-from orders_api.adapters.repository import SqlAlchemyOrderRepository
+from orders_api.adapters.postgres.execution_ledger import apply_reports
+from orders_api.adapters.postgres.repository import SqlAlchemyOrderRepository
+from orders_api.api.list_query import encode_cursor
 from orders_api.domain import Order, OrderStatus, OrderType, Side
-from orders_api.entrypoints.list_query import encode_cursor
 from orders_api.executions import ExecutionKind, ExecutionReport
 from orders_api.listing import ListPosition
 

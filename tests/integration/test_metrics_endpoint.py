@@ -6,7 +6,6 @@ gunicorn's workers is checked end to end in tests/e2e/test_metrics.py.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import socket
 import time
@@ -16,8 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask.testing import FlaskClient
 
-from orders_api.config import Settings
-from orders_api.entrypoints.on_call_gauges import WAIT_S
+from orders_api.api.on_call_gauges import WAIT_S
+from orders_api.settings.shared import Settings
 from tests.prometheus_samples import Samples, parse_samples
 
 pytestmark = pytest.mark.integration
@@ -73,10 +72,11 @@ def test_a_scrape_answers_in_time_with_unknown_gauges_while_both_dependencies_ha
     settings: Settings, client_for: Callable[[Settings], FlaskClient], silent_port: int
 ) -> None:
     client = client_for(
-        dataclasses.replace(
-            settings,
-            database_url=f"postgresql://postgres@127.0.0.1:{silent_port}/orders",
-            rabbitmq_url=f"amqp://guest:guest@127.0.0.1:{silent_port}/%2F",
+        settings.model_copy(
+            update={
+                "database_url": f"postgresql://postgres@127.0.0.1:{silent_port}/orders",
+                "rabbitmq_url": f"amqp://guest:guest@127.0.0.1:{silent_port}/%2F",
+            }
         )
     )
 

@@ -7,6 +7,7 @@ since a comparison that is wrongly true would let a stale decision overwrite ano
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -14,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from orders_api.adapters.postgres.unit_of_work import SqlAlchemyUnitOfWork
 from orders_api.domain import Order, OrderStatus
-from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.unit.fakes import T0, make_order
 
 pytestmark = pytest.mark.integration
@@ -105,16 +106,16 @@ def test_renewing_claims_extends_only_the_open_claims_of_the_attempts_held(
 ) -> None:
     held = stored(unit_of_work, make_order().claim(T0, LEASE))
     taken_over = stored(unit_of_work, make_order().claim(T0, LEASE).claim(T0 + 2 * LEASE, LEASE))
-    placed = stored(unit_of_work, make_order().claim(T0, LEASE).placed(T0))
+    placed = stored(unit_of_work, make_order().claim(T0, LEASE).placed(T0, 1))
     released = stored(unit_of_work, make_order().claim(T0, LEASE).released(1, "refused"))
-    until = T0 + 3 * LEASE
 
     with unit_of_work() as uow:
-        renewed = uow.orders.renew_claims({held.id: 1, taken_over.id: 1, placed.id: 1, released.id: 1}, until)
+        renewed = uow.orders.renew_claims({held.id: 1, taken_over.id: 1, placed.id: 1, released.id: 1}, LEASE)
+        database_now = uow.orders.database_now()
         uow.commit()
 
     assert renewed == 1
-    assert reread(unit_of_work, held) == replace(held, claimed_until=until)
+    assert reread(unit_of_work, held) == replace(held, claimed_until=database_now + LEASE)
     for untouched in (taken_over, placed, released):
         assert reread(unit_of_work, untouched) == untouched
 
@@ -123,4 +124,26 @@ def test_renewing_no_claims_is_a_round_trip_that_changes_nothing(
     unit_of_work: Callable[[], SqlAlchemyUnitOfWork],
 ) -> None:
     with unit_of_work() as uow:
-        assert uow.orders.renew_claims({}, T0) == 0
+        assert uow.orders.renew_claims({}, LEASE) == 0
+
+
+def test_an_order_is_read_with_the_databases_clock(unit_of_work: Callable[[], SqlAlchemyUnitOfWork]) -> None:
+    order = stored(unit_of_work, make_order())
+
+    with unit_of_work() as uow:
+        read, read_at = uow.orders.get_with_clock(order.id)
+        missing, missing_at = uow.orders.get_with_clock(uuid.uuid4())
+        database_now = uow.orders.database_now()
+
+    assert (read, missing) == (order, None)
+    assert read_at == missing_at == database_now  # one transaction: PostgreSQL's now() stands still
+
+
+def test_which_attempts_placed_an_order_survive_a_round_trip(
+    unit_of_work: Callable[[], SqlAlchemyUnitOfWork],
+) -> None:
+    placed_twice = make_order().claim(T0, LEASE).placed(T0, 1).placed(T0, 2)
+
+    read = reread(unit_of_work, stored(unit_of_work, placed_twice))
+
+    assert (read.placed_attempt, read.duplicate_attempts) == (1, (2,))

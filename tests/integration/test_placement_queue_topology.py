@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,14 @@ import pika.exceptions
 import pytest
 from dramatiq.common import dq_name, xq_name
 
-from orders_api.adapters.confirmed_publisher import PublishError
-from orders_api.adapters.dead_letters import RabbitDeadLetterQueue
-from orders_api.adapters.placement_queue import PlacementPublisher, policy_name, queue_policies
-from orders_api.adapters.queue_topology import set_up_placement_queues
-from orders_api.config import Settings
+from orders_api.adapters.rabbitmq.confirmed_publisher import PublishError
+from orders_api.adapters.rabbitmq.dead_letters import RabbitDeadLetterQueue
+from orders_api.adapters.rabbitmq.placement_queue import PlacementPublisher, policy_name, queue_policies
+from orders_api.adapters.rabbitmq.queue_topology import set_up_placement_queues
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.integration.conftest import StartWorker
 from tests.integration.placement_helpers import eventually
-from tests.rabbitmq_admin import RabbitAdmin
 from workers.queue_policies import QueuesNotReadyError
 
 pytestmark = pytest.mark.integration
@@ -131,7 +130,7 @@ def test_a_message_redelivered_past_the_delivery_limit_is_dead_lettered_not_drop
     # Each hand-back counts as a delivery, as when a worker holding the message dies.
     deliveries = deliveries_until_dead_lettered(channel, settings.placement_queue)
 
-    assert list(deliveries.values()) == [settings.delivery_limit + 1]
+    assert list(deliveries.values()) == [settings.placement_delivery_limit + 1]
     properties, body = dead_letter(channel, settings)
     assert str(order_id).encode() in body
     assert properties.headers["x-first-death-reason"] == "delivery_limit"
@@ -168,7 +167,7 @@ def test_dead_letters_expire_after_the_configured_time(
     settings: Settings, channel: Any, rabbit: RabbitAdmin
 ) -> None:
     dead_letters = xq_name(settings.placement_queue)
-    set_up_placement_queues(replace(settings, dead_letter_ttl_ms=200))
+    set_up_placement_queues(settings.model_copy(update={"dead_letter_ttl_ms": 200}))
 
     def applied() -> bool:
         """the new TTL is in effect on the dead-letter queue"""
@@ -262,7 +261,7 @@ def test_a_worker_puts_missing_policies_before_it_consumes(
 def test_a_worker_keeps_an_operators_delivery_limit(
     settings: Settings, rabbit: RabbitAdmin, start_worker: StartWorker
 ) -> None:
-    set_up_placement_queues(replace(settings, delivery_limit=5))
+    set_up_placement_queues(settings.model_copy(update={"placement_delivery_limit": 5}))
 
     start_worker()
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import dramatiq
 import psycopg2.extensions
 import pytest
 from flask.testing import FlaskClient
+from psycopg2 import sql
 
-from orders_api.adapters.placement_queue import PlacementPublisher
-from orders_api.config import Settings
-from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
-from orders_api.stock_exchange import OrderPlacementError
+from exchange_simulator.stock_exchange import OrderPlacementError
+from orders_api.adapters.postgres.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.adapters.rabbitmq.placement_queue import PlacementPublisher
+from orders_api.domain import Order
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.integration.checks import order_row, waiting_for_advisory_locks
 from tests.integration.conftest import StartWorker
 from tests.integration.placement_helpers import (
@@ -24,7 +28,8 @@ from tests.integration.placement_helpers import (
     queue_drained,
     settled_row,
 )
-from tests.rabbitmq_admin import RabbitAdmin
+from tests.settings_env import workers_on
+from workers.bootstrap import bootstrap
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +165,7 @@ def test_exhausted_retries_fail_the_order_and_dead_letter_its_message(
     exchange_outcomes(then=0.99)
     order_id = client.post("/orders", json=ORDER).get_json()["id"]
 
-    start_worker(RecordingExchange(), max_retries=2)
+    start_worker(RecordingExchange(), placement_max_retries=2)
     row = settled_row(database, order_id)
 
     assert row["status"] == "failed"
@@ -178,7 +183,12 @@ def test_during_an_exchange_outage_placements_wait_for_it_instead_of_retrying_an
     order_ids = [client.post("/orders", json=ORDER).get_json()["id"] for _ in range(ORDERS_IN_OUTAGE)]
     exchange = RecordingExchange(fail_with=OrderPlacementError("exchange outage"))
 
-    start_worker(exchange, breaker_failures=4, breaker_quiet_ms=100, breaker_longest_pause_ms=200)
+    start_worker(
+        exchange,
+        exchange_breaker_failures=4,
+        exchange_breaker_quiet_ms=100,
+        exchange_breaker_longest_pause_ms=200,
+    )
     eventually(lambda: exchange.calls)
     # ``exchange_outcomes`` stubs out ``time.sleep``, so the test waits on an event instead:
     # first until the breaker has opened (100 ms without an answer), then a second of outage,
@@ -303,14 +313,125 @@ def test_two_deliveries_of_one_order_place_it_once(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("orders_api.stock_exchange.random.random", lambda: 0.0)
+    monkeypatch.setattr("exchange_simulator.stock_exchange.random.random", lambda: 0.0)
     order_id = client.post("/orders", json=ORDER).get_json()["id"]
     placements.request_placement(uuid.UUID(order_id))
     exchange = RecordingExchange()
 
-    start_worker(exchange, time_limit_ms=1000)
+    start_worker(exchange, placement_time_limit_ms=1000)
     assert settled_row(database, order_id)["status"] == "placed"
     queue_drained(rabbit, settings.placement_queue)
     queue_drained(rabbit, f"{settings.placement_queue}.DQ")
 
     assert exchange.calls == [uuid.UUID(order_id)]
+
+
+def test_waiting_for_the_database_spends_none_of_the_retries_the_exchange_gets_afterwards(
+    client: FlaskClient,
+    start_worker: StartWorker,
+    settings: Settings,
+    database: psycopg2.extensions.connection,
+    rabbit: RabbitAdmin,
+    exchange_outcomes: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A database that refuses every connection (nothing listens on port 1), and waits of 20 to
+    # 50 ms, so that the message waits far more often than its one retry allows.
+    monkeypatch.setattr("workers.placement_actor.DATABASE_RETRY_DELAY_MS", (20, 50))
+    away = settings.model_copy(update={"database_url": "postgresql://postgres@127.0.0.1:1/away"})
+    broker = bootstrap(
+        workers_on(away, worker_threads=2, placement_max_retries=1, placement_min_backoff_ms=20),
+        RecordingExchange(),
+    )
+    cut_off = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    cut_off.start()
+    try:
+        order_id = client.post("/orders", json=ORDER).get_json()["id"]
+        eventually(lambda: caplog.text.count(f"order {order_id} waits for the database") >= 5)
+    finally:
+        cut_off.stop()
+        broker.close()
+    exchange_outcomes(0.95)  # the first call is refused, as 10 % of calls are
+    exchange = RecordingExchange()
+
+    start_worker(exchange, placement_max_retries=1)
+    row = settled_row(database, order_id)
+
+    assert row["status"] == "placed", row
+    assert len(exchange.calls) == 2
+    assert rabbit.queue(f"{settings.placement_queue}.XQ").get("messages", 0) == 0
+
+
+#: Ends every session of a database role.
+TERMINATE_ROLE = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s"
+
+
+class CutOffAfterTheCall(RecordingExchange):
+    """Accepts the order, then shuts the worker's database role out: an outage right after the call.
+
+    It always accepts (no sleep, none of the stand-in's random refusals): the test counts
+    exactly one call, and a refusal would make a second attempt of its own.
+    """
+
+    def __init__(self, database: psycopg2.extensions.connection, role: str) -> None:
+        super().__init__()
+        self._database = database
+        self._role = role
+
+    def __call__(self, order: Order) -> None:
+        with self._lock:
+            self.calls.append(order.id)
+        with self._database.cursor() as cursor:
+            cursor.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(self._role)))
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (self._role,)
+            )
+
+
+@pytest.fixture
+def worker_role(database: psycopg2.extensions.connection) -> Iterator[str]:
+    """A database role of this test's own for the worker, which the test can shut out and let in again."""
+    role = f"worker_{uuid.uuid4().hex[:8]}"
+    with database.cursor() as cursor:
+        cursor.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(role)))
+    yield role
+    with database.cursor() as cursor:
+        cursor.execute(TERMINATE_ROLE, (role,))
+        cursor.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_an_answer_the_database_cannot_take_outlives_the_worker_that_got_it(
+    client: FlaskClient,
+    start_worker: StartWorker,
+    settings: Settings,
+    database: psycopg2.extensions.connection,
+    worker_role: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The worker places the order, loses the database, and is stopped during the outage; a
+    # worker started after it records the answer from the broker, and never calls the exchange.
+    as_role = settings.model_copy(
+        update={"database_url": settings.database_url.replace("postgres@", f"{worker_role}@", 1)}
+    )
+    exchange = CutOffAfterTheCall(database, worker_role)
+    broker = bootstrap(workers_on(as_role, worker_threads=2), exchange)
+    stopped = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
+    stopped.start()
+    try:
+        order_id = client.post("/orders", json=ORDER).get_json()["id"]
+        eventually(lambda: f"answer for order {order_id} handed to the courier" in caplog.text)
+    finally:
+        stopped.stop()
+        broker.close()
+    assert (order_row(database, order_id) or {}).get("status") == "pending"
+    with database.cursor() as cursor:
+        cursor.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(worker_role)))
+    after = RecordingExchange()
+
+    start_worker(after)
+    row = settled_row(database, order_id)
+
+    assert (row["status"], row["attempts"]) == ("placed", 1)
+    assert exchange.calls == [uuid.UUID(order_id)]
+    assert after.calls == []

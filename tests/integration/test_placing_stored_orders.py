@@ -17,16 +17,17 @@ import psycopg2.extensions
 import pytest
 import sqlalchemy as sa
 
-from orders_api.adapters.database import create_engine
-from orders_api.config import Settings
+from exchange_simulator.stock_exchange import OrderPlacementError
+from orders_api.adapters.postgres.database import create_engine
+from orders_api.adapters.postgres.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.clock import utc_now
 from orders_api.domain import Order
-from orders_api.service_layer.ordering import utc_now
 from orders_api.service_layer.placement import Exchange, PlacementOutcome, place_on_exchange
-from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
-from orders_api.stock_exchange import OrderPlacementError
+from orders_api.settings.shared import Settings
 from tests.integration.checks import order_row, waiting_for_advisory_locks
 from tests.integration.placement_helpers import SETTLE_TIMEOUT_S, eventually, new_order
 from tests.unit.fakes import T0, FakeClock, make_order, seasoned_claims
+from workers.placement_actor import DATABASE_UNAVAILABLE, waits_for_database
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +56,14 @@ def deliver(
 ) -> PlacementOutcome:
     """Handle one delivery of the placement message for ``order_id``, on the test's clock."""
     return place_on_exchange(order_id, uow, exchange, claims=seasoned_claims(clock, LEASE), now=clock)
+
+
+def outlive_the_lease(database: psycopg2.extensions.connection, order_id: uuid.UUID) -> None:
+    """Have the order's claim run out on the database's clock, the one claims are judged on."""
+    with database.cursor() as cursor:
+        cursor.execute(
+            "UPDATE orders SET claimed_until = now() - interval '1 second' WHERE id = %s", (str(order_id),)
+        )
 
 
 # A batch's creation locks
@@ -138,12 +147,14 @@ def test_a_placement_recorded_after_another_delivery_placed_the_order_keeps_the_
 
     def stall_while_another_delivery_places(_order: Order) -> None:
         clock.advance(first_placed_at - T0)
+        outlive_the_lease(database, stored_order.id)
         assert deliver(stored_order.id, unit_of_work(), accepting_exchange, clock) is PlacementOutcome.PLACED
         clock.advance(timedelta(seconds=1))
 
     outcome = deliver(stored_order.id, unit_of_work(), stall_while_another_delivery_places, clock)
 
-    assert outcome is PlacementOutcome.PLACED
+    # Both calls placed the order on the exchange: the second to be recorded says so.
+    assert outcome is PlacementOutcome.PLACED_AGAIN
     assert order_row(database, str(stored_order.id)) == {
         **AS_SUBMITTED,
         "status": "placed",
@@ -165,10 +176,11 @@ def test_a_placement_recorded_over_another_deliverys_claim_clears_it_and_keeps_i
 
     def stall_while_another_delivery_claims(_order: Order) -> None:
         clock.advance(LEASE + timedelta(seconds=1))
+        outlive_the_lease(database, stored_order.id)
         with unit_of_work() as uow:
-            seen = uow.orders.get(stored_order.id)
+            seen, database_now = uow.orders.get_with_clock(stored_order.id)
             assert seen is not None
-            assert uow.orders.compare_and_set(seen, seen.claim(clock(), LEASE))
+            assert uow.orders.compare_and_set(seen, seen.claim(database_now, LEASE))
             uow.commit()
 
     outcome = deliver(stored_order.id, unit_of_work(), stall_while_another_delivery_claims, clock)
@@ -197,6 +209,7 @@ def test_a_failure_reported_after_another_delivery_placed_the_order_leaves_it_pl
 
     def stall_while_another_delivery_places_then_fail(_order: Order) -> None:
         clock.advance(placed_at - T0)
+        outlive_the_lease(database, stored_order.id)
         assert deliver(stored_order.id, unit_of_work(), accepting_exchange, clock) is PlacementOutcome.PLACED
         raise OrderPlacementError("Failed to place order at stock exchange. Connection not available")
 
@@ -211,3 +224,25 @@ def test_a_failure_reported_after_another_delivery_placed_the_order_leaves_it_pl
         "last_error": None,
         "claimed_until": None,
     }
+
+
+def test_a_server_that_takes_no_writes_yet_makes_the_delivery_wait_without_spending_a_retry(
+    settings: Settings, stored_order: Order
+) -> None:
+    """A failover's new primary refuses every write until its promotion ends (SQLSTATE 25006),
+    as a read-only session does here. The delivery waits for it as for a database that is away:
+    counted as an ordinary error, each refusal would double the order's backoff."""
+    read_only = create_engine(settings, autocommit=True)
+    sa.event.listen(read_only, "connect", lambda connection, _record: connection.set_session(readonly=True))
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as refused:
+            place_on_exchange(
+                stored_order.id,
+                SqlAlchemyUnitOfWork(read_only),
+                accepting_exchange,
+                claims=seasoned_claims(FakeClock(utc_now()), LEASE),
+            )
+    finally:
+        read_only.dispose()
+    assert waits_for_database(refused.value)
+    assert not isinstance(refused.value, DATABASE_UNAVAILABLE), "the read-only refusal is its own case"

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from orders_api.adapters.confirmed_publisher import ConfirmedPublisher, OutgoingMessage, PublishError
-from orders_api.adapters.placement_queue import queue_declarations
-from orders_api.config import Settings
+from orders_api.adapters.rabbitmq.confirmed_publisher import ConfirmedPublisher, OutgoingMessage, PublishError
+from orders_api.adapters.rabbitmq.placement_queue import queue_declarations
+from orders_api.settings.shared import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ can reach, so the table-wide sweep only ever sees the orders of the test at hand
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import threading
@@ -20,10 +19,11 @@ import psycopg2.extensions
 import pytest
 from flask.testing import FlaskClient
 
-from orders_api.adapters.placement_queue import PlacementPublisher
-from orders_api.config import Settings
+from orders_api.adapters.postgres.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.adapters.rabbitmq.placement_queue import PlacementPublisher
 from orders_api.service_layer.reconciliation import republish_stale_orders
-from orders_api.service_layer.unit_of_work import SqlAlchemyUnitOfWork
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 from tests.integration.conftest import StartWorker
 from tests.integration.placement_helpers import (
     ORDER,
@@ -32,7 +32,6 @@ from tests.integration.placement_helpers import (
     eventually,
     settled_row,
 )
-from tests.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +41,7 @@ STALE_AFTER = timedelta(days=1)
 
 @pytest.fixture
 def sweep_settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, reconcile_stale_after_s=STALE_AFTER.total_seconds())
+    return settings.model_copy(update={"reconcile_stale_after_s": STALE_AFTER.total_seconds()})
 
 
 @pytest.fixture
@@ -73,8 +72,8 @@ def backdate(database: psycopg2.extensions.connection) -> Iterator[Callable[...,
 @pytest.fixture
 def reliable_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stand-in exchange without its random outages and its 0.5 s sleep."""
-    monkeypatch.setattr("orders_api.stock_exchange.random.random", lambda: 0.0)
-    monkeypatch.setattr("orders_api.stock_exchange.time.sleep", lambda _seconds: None)
+    monkeypatch.setattr("exchange_simulator.stock_exchange.random.random", lambda: 0.0)
+    monkeypatch.setattr("exchange_simulator.stock_exchange.time.sleep", lambda _seconds: None)
 
 
 def execute(database: psycopg2.extensions.connection, statement: str, *parameters: object) -> None:

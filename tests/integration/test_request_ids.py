@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 from flask.testing import FlaskClient
 
-from orders_api.config import Settings
-from tests.rabbitmq_admin import RabbitAdmin
+from orders_api.settings.shared import Settings
+from orders_testkit.rabbitmq_admin import RabbitAdmin
 
 pytestmark = pytest.mark.integration
 

@@ -71,6 +71,8 @@ class FakeOrderRepository:
 
     def __init__(self, orders: Iterable[Order] = (), *, events: list[str] | None = None) -> None:
         self.rows: dict[uuid.UUID, Order] = {order.id: order for order in orders}
+        #: The database's clock, on which claims are written and judged; a test sets its fake.
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         self.events: list[str] = [] if events is None else events
         #: Ids passed to :meth:`wait_for_creation`, in call order.
         self.waited_for: list[uuid.UUID] = []
@@ -117,6 +119,14 @@ class FakeOrderRepository:
                 holder()
         return self.rows.get(order_id)
 
+    def get_with_clock(self, order_id: uuid.UUID) -> tuple[Order | None, datetime]:
+        """The order as :meth:`get` reads it, and :attr:`clock`'s time."""
+        return self.get(order_id), self.clock()
+
+    def database_now(self) -> datetime:
+        """:attr:`clock`'s time."""
+        return self.clock()
+
     def executions_of(self, order_id: uuid.UUID) -> list[ExecutionReport]:
         """No reports: the in-memory orders never hear from the exchange."""
         return []
@@ -153,8 +163,9 @@ class FakeOrderRepository:
         self._write(changed)
         return True
 
-    def renew_claims(self, held: Mapping[uuid.UUID, int], until: datetime) -> int:
-        """Extend the open claims among ``held`` to ``until``, as the SQL repository does."""
+    def renew_claims(self, held: Mapping[uuid.UUID, int], lease: timedelta) -> int:
+        """Extend the open claims among ``held`` by ``lease`` from :attr:`clock`'s now, as SQL does."""
+        until = self.clock() + lease
         self.events.append("renew_claims")
         renewed = 0
         for order_id, attempt in held.items():
@@ -193,6 +204,8 @@ class FakeOrderRepository:
             last_error=order.last_error,
             claimed_until=order.claimed_until,
             abandoned_claims=order.abandoned_claims,
+            placed_attempt=order.placed_attempt,
+            duplicate_attempts=order.duplicate_attempts,
         )
 
 
@@ -311,6 +324,11 @@ class FakeUnitOfWork:
         self.committed_keys = dict(self.key_repository.rows)
         self.commits += 1
         self.events.append("commit")
+
+    def confirm_durable(self) -> None:
+        """Commit behind a durability barrier, recorded in :attr:`events` before the commit."""
+        self.events.append("durability barrier")
+        self.commit()
 
 
 class FakePlacementRequests:

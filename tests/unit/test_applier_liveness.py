@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from orders_api.entrypoints.applier import ApplierSettings, main
-from orders_api.entrypoints.heartbeat import heartbeat_is_fresh
+from orders_api.execution_feed.applier import main
+from orders_api.execution_feed.liveness_file import liveness_file_is_fresh
+from orders_api.settings.applier import ApplierSettings
+from tests.settings_env import settings_under
 
 
 def test_a_heartbeat_touched_within_the_bound_is_fresh_and_an_older_one_is_not(tmp_path: Path) -> None:
@@ -17,12 +19,12 @@ def test_a_heartbeat_touched_within_the_bound_is_fresh_and_an_older_one_is_not(t
     heartbeat.touch()
     touched = heartbeat.stat().st_mtime
 
-    assert heartbeat_is_fresh(heartbeat, 60.0, now=touched + 59)
-    assert not heartbeat_is_fresh(heartbeat, 60.0, now=touched + 61)
+    assert liveness_file_is_fresh(heartbeat, 60.0, now=touched + 59)
+    assert not liveness_file_is_fresh(heartbeat, 60.0, now=touched + 61)
 
 
 def test_a_missing_heartbeat_is_not_fresh(tmp_path: Path) -> None:
-    assert not heartbeat_is_fresh(tmp_path / "never-written", 60.0)
+    assert not liveness_file_is_fresh(tmp_path / "never-written", 60.0)
 
 
 @pytest.mark.parametrize(("age_s", "exit_code"), [(0, 0), (120, 1)])
@@ -42,15 +44,20 @@ def test_the_check_command_exits_by_the_heartbeats_age(
 
 
 def test_the_settings_come_from_the_environment() -> None:
-    settings = ApplierSettings.from_env(
+    settings = settings_under(
+        ApplierSettings,
         {
             "EXECUTION_QUEUE_PREFIX": "x",
             "EXECUTION_PARTITIONS": "3",
             "APPLIER_HEARTBEAT_FILE": "run/applier.heartbeat",
-        }
+        },
     )
 
-    assert (settings.queue_prefix, settings.partitions, settings.heartbeat_file) == (
+    assert (
+        settings.execution_queue_prefix,
+        settings.execution_partitions,
+        settings.applier_heartbeat_file,
+    ) == (
         "x",
         3,
         Path("run/applier.heartbeat"),

@@ -4,10 +4,15 @@ import math
 
 import pytest
 
+from bench.cost import OrderCost, targets
+from bench.cost import table as cost_table
 from bench.load import Record, parse_records
 from bench.report import Row, ratio, table
 from bench.run import make_run_options
 from bench.stats import percentile, steady_rate
+from orders_api.settings.api import ApiSettings
+from orders_api.settings.workers import WorkerSettings
+from tests.settings_env import settings_under
 
 pytestmark = pytest.mark.unit
 
@@ -66,9 +71,38 @@ def test_table_aligns_every_row_and_prints_missing_figures_as_dashes() -> None:
 
 def test_make_run_processes_come_from_the_variables_make_exports() -> None:
     options = make_run_options(
-        {"WEB_WORKERS": "3", "WEB_THREADS": "8", "WORKER_PROCESSES": "1", "WORKER_THREADS": "64"}
+        settings_under(ApiSettings, {"WEB_WORKERS": "3", "WEB_THREADS": "8"}),
+        settings_under(WorkerSettings, {"WORKER_PROCESSES": "1", "WORKER_THREADS": "64"}),
     )
 
     assert (options.web_workers, options.web_threads) == (3, 8)
     assert (options.worker_processes, options.worker_threads) == (1, 64)
     assert options.worker_module == "workers.main"
+
+
+def test_the_cost_of_an_order_adds_up_each_chain_as_often_as_it_runs_per_order() -> None:
+    figures = OrderCost(
+        post_of_bare=0.2,
+        post_p99_ms=120.0,
+        post_errors=0,
+        second_of_first=0.95,
+        api_ms=1.5,
+        api_chain_ms=2.0,
+        worker_ms_per_call=2.5,
+        worker_chain_ms_per_call=3.0,
+        calls_per_order=1.1,
+        report_ms=0.1,
+        reports_per_order=3.0,
+        placements_512_of_ideal=0.92,
+    )
+
+    verdicts = {row.figure: row.verdict for row in targets(figures)}
+
+    assert figures.cpu_s_per_1000_orders == pytest.approx(2.0 + 3.0 * 1.1 + 0.1 * 3.0)
+    assert verdicts["POST /orders, 64 conns, rate of bare"] == "MISSED"
+    assert verdicts["POST /orders, 64 conns, errors"] == "MET"
+    assert verdicts["POST /orders, second run of the first"] == "MET"
+    assert verdicts["API CPU per accepted order, workers paused"] == "MISSED"
+    assert verdicts["placements at 512 in flight, of ideal"] == "MET"
+    assert verdicts["CPU-seconds per 1,000 orders accepted, placed, filled"] == "-"
+    assert "| API CPU per accepted order, workers paused" in cost_table(targets(figures))

@@ -22,6 +22,8 @@ LEASE = timedelta(seconds=15)
 
 
 def keeper_for(uow: FakeUnitOfWork, clock: FakeClock) -> ClaimKeeper:
+    """A keeper on ``uow``, whose fake database runs on ``clock`` as the keeper does."""
+    uow.repository.clock = clock
     return ClaimKeeper(lambda: uow, LEASE, now=clock)
 
 
@@ -31,7 +33,7 @@ def holding_a_claim() -> tuple[FakeClock, Order, FakeUnitOfWork, ClaimKeeper]:
     claimed = make_order(attempts=0).claim(T0, LEASE)
     uow = FakeUnitOfWork(claimed)
     keeper = keeper_for(uow, clock)
-    keeper.hold(claimed)
+    keeper.hold(claimed, T0)
     return clock, claimed, uow, keeper
 
 
@@ -90,7 +92,7 @@ def test_a_claim_settled_or_taken_over_since_is_not_renewed(since_taken: Callabl
     changed = since_taken(claimed)
     uow = FakeUnitOfWork(changed)
     keeper = keeper_for(uow, clock)
-    keeper.hold(claimed)
+    keeper.hold(claimed, T0)
 
     clock.advance(timedelta(seconds=10))
     keeper.renew()
@@ -157,3 +159,30 @@ def test_a_lease_is_renewed_several_times_before_it_runs_out() -> None:
 
     assert keeper.renew_every * RENEWALS_PER_LEASE == LEASE
     assert RENEWALS_PER_LEASE >= 3
+
+
+def test_a_claim_with_more_than_half_its_lease_left_is_held_without_asking_the_database() -> None:
+    clock, claimed, uow, keeper = holding_a_claim()
+    clock.advance(LEASE / 2 - timedelta(seconds=1))
+    uow.events.clear()
+
+    assert keeper.still_held(claimed.id)
+    assert uow.events == []
+
+
+def test_a_holder_paused_past_half_its_lease_renews_its_claim_before_it_may_call() -> None:
+    clock, claimed, uow, keeper = holding_a_claim()
+    clock.advance(LEASE * 3)  # paused: no renewal ran, and nobody took the claim over
+
+    assert keeper.still_held(claimed.id)
+    assert uow.committed[claimed.id].claimed_until == clock.current + LEASE
+
+
+def test_a_holder_paused_while_its_claim_was_taken_over_learns_it_before_it_may_call() -> None:
+    clock, claimed, uow, keeper = holding_a_claim()
+    clock.advance(LEASE * 2)
+    taken_over = uow.committed[claimed.id].claim(clock.current, LEASE)
+    uow.committed[claimed.id] = taken_over
+
+    assert not keeper.still_held(claimed.id)
+    assert uow.committed[claimed.id] == taken_over

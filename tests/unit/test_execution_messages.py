@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from orders_api.adapters.execution_messages import MalformedMessageError, decode_reports, encode_reports
+from orders_api.adapters.rabbitmq.execution_messages import (
+    MalformedMessageError,
+    decode_reports,
+    encode_reports,
+)
 
 
 def test_the_reports_come_back_in_the_order_they_were_put_in() -> None:

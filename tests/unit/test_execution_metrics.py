@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from orders_api.entrypoints.execution_metrics import ApplierMetrics, IngestorMetrics, serve
-from tests.e2e.processes import free_port
+from orders_api.execution_feed.metrics import ApplierMetrics, IngestorMetrics, serve
+from orders_testkit.processes import free_port
 from tests.prometheus_samples import scrape_port
 
 

@@ -159,6 +159,10 @@ def test_a_report_written_back_as_the_feeds_object_reads_back_the_same() -> None
         _fields(kind="cancelled", quantity=3, price=None),
         _fields(ts="2026-12-02T11:00:00"),
         _fields(ts="yesterday"),
+        _fields(exec_id="nul\u0000inside"),
+        _fields(exec_id="\ud800"),
+        _fields(kind="fill\u0000"),
+        _fields(ts="2026-12-02T11:00:00+00:00\udfff"),
     ],
 )
 def test_a_report_breaking_the_contract_is_malformed(fields: object) -> None:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orders_api.exchange_feed.faults import ConnectionFaults, FaultSettings
-from orders_api.exchange_feed.stories import PlacedOrder, story_random, tell_story
+from exchange_simulator.feed.faults import ConnectionFaults, FaultSettings
+from exchange_simulator.feed.stories import PlacedOrder, story_random, tell_story
 from tests.execution_stories import assert_follows_contract
 
 pytestmark = pytest.mark.unit

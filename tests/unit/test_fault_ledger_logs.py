@@ -44,3 +44,18 @@ def test_calls_successes_records_and_interrupted_calls_come_from_the_messages() 
 def test_a_line_that_is_not_json_fails_the_ledger_loudly() -> None:
     with pytest.raises(AssertionError, match="not a JSON object"):
         exchange_record([f"[2026-12-02 07:00:00,000] [INFO] exchange call for order {ONE}\n"], ())
+
+
+def test_a_takeover_of_a_claim_abandoned_mid_placement_is_read_as_a_reported_possible_duplicate() -> None:
+    record = exchange_record(
+        [
+            log(
+                f"order {ONE}: attempt 1 abandoned mid-placement, taken over by attempt 2;"
+                " the exchange may hold the order already",
+                f"order {TWO} placed on attempt 1",
+            )
+        ],
+        (),
+    )
+
+    assert record.taken_over == {ONE}

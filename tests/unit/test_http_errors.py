@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from flask.testing import FlaskClient
 
-from orders_api.config import Settings
-from orders_api.entrypoints.app import create_app
+from orders_api.api.app import create_app
+from orders_api.settings.shared import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -8,13 +8,15 @@ import logging
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from gunicorn.config import Config
 
 from orders_api import request_ids
+from orders_api.api.access_log import AccessLogger
 from orders_api.logging_setup import (
-    AccessLogFields,
     RequestIdFilter,
     _log_uncaught_in_thread,
     json_formatter,
@@ -87,40 +89,42 @@ def test_an_exception_is_a_field_and_the_event_stays_one_line(
     assert line["exception"].endswith("ValueError: first line\nsecond line")
 
 
-def test_gunicorns_access_record_becomes_fields() -> None:
-    # What gunicorn.glogging.Logger.access logs: the format, and its atoms as the one argument.
-    atoms = {
-        "h": "10.0.0.7",
-        "m": "POST",
-        "U": "/orders",
-        "q": "",
-        "r": "POST /orders HTTP/1.1",
-        "s": "201",
-        "B": 312,
-        "M": 12,
-        "D": 12345,
-        "a": "curl/8",
-        "{x-request-id}o": "req-7",
+def test_gunicorns_access_line_carries_its_facts_as_fields() -> None:
+    stream = io.StringIO()
+    access = AccessLogger(Config())
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    access.access_log.handlers = [handler]
+    access.access_log.setLevel(logging.INFO)
+    response = SimpleNamespace(status="201 CREATED", sent=312, headers=[("X-Request-ID", "req-7")])
+    environ = {
+        "REMOTE_ADDR": "10.0.0.7",
+        "REQUEST_METHOD": "POST",
+        "RAW_URI": "/orders",
+        "PATH_INFO": "/orders",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_USER_AGENT": "curl/8",
     }
-    record = logging.LogRecord(
-        "gunicorn.access", logging.INFO, __file__, 1, '%(h)s "%(r)s" %(s)s', (atoms,), None
-    )
 
-    assert AccessLogFields().filter(record)
-    line = json.loads(json_formatter().format(record))
+    access.access(response, None, environ, timedelta(microseconds=12345))
+    line = json.loads(stream.getvalue())
 
-    assert line["message"] == '10.0.0.7 "POST /orders HTTP/1.1" 201'
+    assert line["message"] == '10.0.0.7 "POST /orders HTTP/1.1" 201 312 12ms'
     assert {
-        key: line.get(key) for key in ("method", "path", "status", "duration_ms", "remote", "request_id")
+        key: line.get(key)
+        for key in ("method", "path", "status", "duration_ms", "response_bytes", "remote", "request_id")
     } == {
         "method": "POST",
         "path": "/orders",
         "status": 201,
         "duration_ms": 12.345,
+        "response_bytes": 312,
         "remote": "10.0.0.7",
         "request_id": "req-7",
     }
     assert line["query"] is None
+    assert line["user_agent"] == "curl/8"
 
 
 def test_text_lines_for_humans_show_the_request_id_or_a_dash() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orders_api.entrypoints.metrics_directory import existing_metrics_directory, fresh_metrics_directory
+from orders_api.metrics_directory import existing_metrics_directory, fresh_metrics_directory
 
 pytestmark = pytest.mark.unit
 
@@ -19,7 +19,9 @@ def test_the_configured_directory_loses_its_metric_files_and_nothing_else(tmp_pa
     (directory / "notes.txt").write_text("not ours")
     environ = {"dramatiq_prom_db": str(directory)}
 
-    chosen = fresh_metrics_directory(environ, ["dramatiq_prom_db", "PROMETHEUS_MULTIPROC_DIR"], prefix="x-")
+    chosen = fresh_metrics_directory(
+        ["dramatiq_prom_db", "PROMETHEUS_MULTIPROC_DIR"], prefix="x-", environ=environ
+    )
 
     assert chosen == directory
     assert sorted(path.name for path in directory.iterdir()) == ["notes.txt"]
@@ -29,7 +31,9 @@ def test_the_configured_directory_loses_its_metric_files_and_nothing_else(tmp_pa
 def test_the_first_variable_set_wins_and_a_missing_directory_is_created(tmp_path: Path) -> None:
     environ = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "second"), "dramatiq_prom_db": ""}
 
-    chosen = fresh_metrics_directory(environ, ["dramatiq_prom_db", "PROMETHEUS_MULTIPROC_DIR"], prefix="x-")
+    chosen = fresh_metrics_directory(
+        ["dramatiq_prom_db", "PROMETHEUS_MULTIPROC_DIR"], prefix="x-", environ=environ
+    )
 
     assert chosen == tmp_path / "second"
     assert chosen.is_dir()
@@ -43,7 +47,9 @@ def test_without_a_configured_directory_a_new_empty_one_is_made(
     monkeypatch.setattr("tempfile.tempdir", None)  # so that mkdtemp reads TMPDIR again
     environ: dict[str, str] = {}
 
-    chosen = fresh_metrics_directory(environ, ["PROMETHEUS_MULTIPROC_DIR"], prefix="orders-api-metrics-")
+    chosen = fresh_metrics_directory(
+        ["PROMETHEUS_MULTIPROC_DIR"], prefix="orders-api-metrics-", environ=environ
+    )
 
     assert chosen.parent == tmp_path
     assert chosen.name.startswith("orders-api-metrics-")

@@ -12,7 +12,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orders_api.entrypoints.on_call_gauges import CachedReading, OnCallGauges, Reading
+from orders_api.api.on_call_gauges import CachedReading, OnCallGauges, Reading
 
 pytestmark = pytest.mark.unit
 

@@ -12,10 +12,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
-from orders_api.config import Settings
-from orders_api.entrypoints import docs, openapi
-from orders_api.entrypoints.app import create_app
-from orders_api.entrypoints.schemas import ORDER_TYPES, OrderRequestSchema
+from orders_api.api import docs, openapi
+from orders_api.api.app import create_app
+from orders_api.api.request_schemas import ORDER_TYPES, OrderRequestSchema
+from orders_api.settings.shared import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -128,7 +128,7 @@ def test_a_claim_that_ends_with_an_outcome_clears_the_count_of_abandoned_ones() 
     assert claimed.abandoned_claims == 2
 
     released = claimed.released(claimed.attempts, "OrderPlacementError: unavailable")
-    placed = claimed.placed(T0)
+    placed = claimed.placed(T0, claimed.attempts)
 
     assert released.abandoned_claims == 0
     assert placed.abandoned_claims == 0
@@ -179,3 +179,19 @@ def test_an_order_whose_claim_expired_can_be_failed() -> None:
 
     assert failed.status is OrderStatus.FAILED
     assert failed.claimed_until is None
+
+
+def test_a_placement_recorded_by_another_attempt_counts_that_attempt_once_as_a_duplicate() -> None:
+    placed = make_order().claim(T0, LEASE).placed(T0, 1)
+
+    again = placed.placed(T0 + LEASE, 2)
+
+    assert again.duplicate_attempts == (2,)
+    assert (again.placed_attempt, again.placed_at) == (1, T0)
+    assert again.placed(T0 + 2 * LEASE, 2) == again
+
+
+def test_recording_the_same_attempts_placement_twice_is_no_duplicate() -> None:
+    placed = make_order().claim(T0, LEASE).placed(T0, 1)
+
+    assert placed.placed(T0 + LEASE, 1) == placed

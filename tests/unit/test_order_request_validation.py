@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from marshmallow import ValidationError
 
-from orders_api.entrypoints.schemas import (
+from orders_api.api.request_schemas import (
     MAX_LIMIT_PRICE,
     MAX_QUANTITY,
     ORDER_TYPES,

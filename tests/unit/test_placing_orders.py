@@ -13,9 +13,11 @@ from datetime import timedelta
 
 import pytest
 
+from exchange_simulator.stock_exchange import OrderPlacementError
 from orders_api.domain import ClaimHeldError, Order, OrderStatus
 from orders_api.service_layer.claims import ClaimKeeper
 from orders_api.service_layer.placement import (
+    ExchangeAnswer,
     OrderAlreadyFailedError,
     PlacementOutcome,
     UnloadableOrderError,
@@ -23,8 +25,8 @@ from orders_api.service_layer.placement import (
     note_still_waiting,
     parse_order_id,
     place_on_exchange,
+    record_answer,
 )
-from orders_api.stock_exchange import OrderPlacementError
 from tests.unit.fakes import T0, FakeClock, FakeExchange, FakeUnitOfWork, make_order, seasoned_claims
 
 pytestmark = pytest.mark.unit
@@ -36,7 +38,8 @@ UNAVAILABLE = "Failed to place order at stock exchange. Connection not available
 def place(
     order_id: uuid.UUID, uow: FakeUnitOfWork, exchange: FakeExchange, clock: FakeClock
 ) -> PlacementOutcome:
-    """Handle one delivery of the placement message for ``order_id``."""
+    """Handle one delivery of the placement message for ``order_id``; ``clock`` is the database's too."""
+    uow.repository.clock = clock
     return place_on_exchange(order_id, uow, exchange, claims=seasoned_claims(clock, LEASE), now=clock)
 
 
@@ -227,7 +230,8 @@ def test_drops_a_message_for_an_order_that_never_committed_without_calling_the_e
     # Not found, it waits for a creating transaction that may still be open, then looks again.
     assert uow.events[1:4] == ["get", "wait_for_creation", "get"]
     assert order_id not in uow.committed
-    assert uow.commits == 0
+    # Only on a primary (a standby in recovery raises), where no commit can still be hidden.
+    assert uow.events[4] == "durability barrier"
 
 
 def test_ignores_a_repeated_message_for_a_placed_order() -> None:
@@ -240,7 +244,7 @@ def test_ignores_a_repeated_message_for_a_placed_order() -> None:
     assert outcome is PlacementOutcome.ALREADY_PLACED
     assert exchange.orders == []
     assert uow.committed[order.id] == order
-    assert uow.commits == 0
+    assert uow.events.count("durability barrier") == 1  # what it read is durable before it acts on it
 
 
 def test_a_repeated_message_for_a_failed_order_is_refused_so_that_it_is_dead_lettered_again() -> None:
@@ -253,7 +257,7 @@ def test_a_repeated_message_for_a_failed_order_is_refused_so_that_it_is_dead_let
 
     assert exchange.orders == []
     assert uow.committed[order.id] == order
-    assert uow.commits == 0
+    assert uow.events.count("durability barrier") == 1  # what it read is durable before it acts on it
 
 
 def test_refuses_an_order_under_a_live_claim_without_calling_the_exchange() -> None:
@@ -414,7 +418,7 @@ def test_mark_failed_leaves_a_placed_order_placed() -> None:
 
     assert failed is False
     assert uow.committed[order.id] == order
-    assert uow.commits == 0
+    assert uow.events.count("durability barrier") == 1  # what it read is durable before it acts on it
 
 
 def test_mark_failed_leaves_an_already_failed_order_and_its_first_error_alone() -> None:
@@ -431,8 +435,10 @@ def test_mark_failed_leaves_an_order_under_another_deliverys_live_claim_to_it() 
     order = make_order(attempts=1).claim(T0, LEASE)
     uow = FakeUnitOfWork(order)
 
+    uow.repository.clock = FakeClock(T0)
+
     with pytest.raises(ClaimHeldError):
-        mark_failed(order.id, uow, outage(), now=FakeClock(T0))
+        mark_failed(order.id, uow, outage())
 
     assert uow.committed[order.id] == order
 
@@ -598,3 +604,158 @@ def test_a_settled_order_is_not_touched_by_a_waiting_message() -> None:
     note_still_waiting(order.id, uow)
 
     assert "compare_and_set" not in uow.repository.events
+
+
+def test_a_holder_paused_inside_the_call_while_its_claim_was_taken_over_counts_the_second_placement() -> None:
+    # Both calls reached the exchange: nothing can undo that, but the order says so, and the
+    # second delivery to record its placement reports it.
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    calls = 0
+    outcomes: list[PlacementOutcome] = []
+
+    def paused_inside_the_first_call(_: Order) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            clock.advance(LEASE + timedelta(seconds=1))
+            outcomes.append(place(order.id, uow, exchange, clock))
+
+    exchange = FakeExchange(during_call=paused_inside_the_first_call)
+
+    outcomes.append(place(order.id, uow, exchange, clock))
+
+    assert outcomes == [PlacementOutcome.PLACED, PlacementOutcome.PLACED_AGAIN]
+    stored = uow.committed[order.id]
+    assert (stored.placed_attempt, stored.duplicate_attempts) == (2, (1,))
+
+
+def test_claims_are_judged_on_the_databases_clock_not_the_workers() -> None:
+    # The worker's clock runs a minute ahead: by it the other delivery's claim ran out long ago.
+    order = make_order(attempts=1).claim(T0, LEASE)
+    uow = FakeUnitOfWork(order)
+    uow.repository.clock = FakeClock(T0 + timedelta(seconds=1))
+    ahead = FakeClock(T0 + timedelta(minutes=1) + LEASE)
+
+    with pytest.raises(ClaimHeldError):
+        place_on_exchange(order.id, uow, FakeExchange(), claims=seasoned_claims(ahead, LEASE), now=ahead)
+
+    assert uow.committed[order.id] == order
+
+
+# Handing an answer the database cannot take to the courier
+
+
+class Courier:
+    """Takes answers, or refuses them while ``refusing`` (the broker away too)."""
+
+    def __init__(self, refusing_for: int = 0) -> None:
+        self.answers: list[ExchangeAnswer] = []
+        self.refusing_for = refusing_for
+
+    def __call__(self, answer: ExchangeAnswer) -> None:
+        if self.refusing_for > 0:
+            self.refusing_for -= 1
+            raise ConnectionError("broker away")
+        self.answers.append(answer)
+
+
+def test_a_placement_the_database_cannot_take_is_handed_to_the_courier_and_the_claim_let_go() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    claims = seasoned_claims(clock, LEASE)
+    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=None)
+    courier = Courier()
+
+    outcome = place_on_exchange(
+        order.id, uow, away.exchange, claims=claims, courier=courier, now=clock, sleep=away.sleep
+    )
+
+    assert outcome is PlacementOutcome.PLACED
+    assert courier.answers == [ExchangeAnswer(order.id, 1, placed_at=T0)]
+    assert away.sleeps == []
+    assert order.id not in claims.held
+    assert uow.committed[order.id].status is OrderStatus.PENDING  # recorded later, from the courier
+
+
+def test_with_the_courier_away_too_the_holder_keeps_trying_both_until_one_takes_the_answer() -> None:
+    order = make_order()
+    uow = FakeUnitOfWork(order)
+    clock = FakeClock(T0)
+    away = DatabaseAwayAfterTheCall(uow, clock, away_for_sleeps=None)
+    courier = Courier(refusing_for=3)
+
+    def refuse(claimed: Order) -> None:
+        away.exchange(claimed)
+        raise outage()
+
+    with pytest.raises(OrderPlacementError):
+        place_on_exchange(
+            order.id,
+            uow,
+            refuse,
+            claims=seasoned_claims(clock, LEASE),
+            courier=courier,
+            now=clock,
+            sleep=away.sleep,
+        )
+
+    assert len(away.sleeps) == 3
+    [answer] = courier.answers
+    assert (answer.attempt, answer.placed_at, answer.error) == (
+        1,
+        None,
+        f"OrderPlacementError: {UNAVAILABLE}",
+    )
+
+
+def test_a_handed_over_placement_is_recorded_later_and_a_second_one_reported() -> None:
+    order = make_order(attempts=1).claim(T0, LEASE)
+    uow = FakeUnitOfWork(order)
+
+    first = record_answer(ExchangeAnswer(order.id, 2, placed_at=T0), uow)
+    again = record_answer(ExchangeAnswer(order.id, 2, placed_at=T0), uow)
+    second = record_answer(ExchangeAnswer(order.id, 1, placed_at=T0 + LEASE), uow)
+
+    assert (first, again, second) == (
+        PlacementOutcome.PLACED,
+        PlacementOutcome.PLACED,
+        PlacementOutcome.PLACED_AGAIN,
+    )
+    stored = uow.committed[order.id]
+    assert (stored.status, stored.placed_attempt, stored.duplicate_attempts) == (OrderStatus.PLACED, 2, (1,))
+
+
+def test_a_handed_over_refusal_releases_only_its_own_attempts_claim() -> None:
+    taken_over = make_order(attempts=1).claim(T0, LEASE)
+    uow = FakeUnitOfWork(taken_over)
+
+    assert record_answer(ExchangeAnswer(taken_over.id, 1, error="refused"), uow) is None
+    assert uow.committed[taken_over.id] == taken_over
+    record_answer(ExchangeAnswer(taken_over.id, 2, error="refused"), uow)
+    assert (uow.committed[taken_over.id].claimed_until, uow.committed[taken_over.id].last_error) == (
+        None,
+        "refused",
+    )
+
+
+def test_taking_over_a_claim_abandoned_mid_placement_is_reported_and_a_first_claim_is_not() -> None:
+    abandoned = make_order(attempts=1, claimed_until=T0 - timedelta(seconds=1))
+    fresh = make_order()
+    uow = FakeUnitOfWork(abandoned, fresh)
+    uow.repository.clock = FakeClock(T0)
+    reported: list[uuid.UUID] = []
+
+    for order in (abandoned, fresh):
+        place_on_exchange(
+            order.id,
+            uow,
+            FakeExchange(),
+            claims=seasoned_claims(FakeClock(T0), LEASE),
+            on_takeover=reported.append,
+            now=FakeClock(T0),
+        )
+
+    assert reported == [abandoned.id]

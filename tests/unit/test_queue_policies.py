@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from orders_api.adapters.placement_queue import queue_declarations, queue_policies
-from orders_api.adapters.rabbitmq_management import ManagementNode, management_nodes, vhost_of
+from orders_api.adapters.rabbitmq.management import ManagementNode, management_nodes, vhost_of
+from orders_api.adapters.rabbitmq.placement_queue import queue_declarations, queue_policies
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from orders_api.adapters.rabbitmq_nodes import after, connection_name, connection_parameters, node_urls
+from orders_api.adapters.rabbitmq.connections import after, connection_name, connection_parameters, node_urls
 from workers.broker import PlacementBroker, bounded_url
 
 pytestmark = pytest.mark.unit

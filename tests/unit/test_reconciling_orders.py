@@ -12,9 +12,9 @@ from datetime import timedelta
 
 import pytest
 
-from orders_api.adapters.confirmed_publisher import PublishError
+from orders_api.adapters.rabbitmq.confirmed_publisher import PublishError
+from orders_api.api.commands import run_every
 from orders_api.domain import Order, OrderStatus
-from orders_api.entrypoints.cli import run_every
 from orders_api.service_layer.reconciliation import SweepInterruptedError, republish_stale_orders
 from tests.unit.fakes import T0, FakeOrderRepository, FakePlacementRequests, FakeUnitOfWork, make_order
 

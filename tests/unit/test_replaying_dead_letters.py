@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from orders_api.adapters.confirmed_publisher import PublishError
+from orders_api.adapters.rabbitmq.confirmed_publisher import PublishError
 from orders_api.domain import OrderStatus
 from orders_api.service_layer.dead_letters import (
     DeadLetter,

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from orders_api.stock_exchange import OrderPlacementError, place_order
+from exchange_simulator.stock_exchange import OrderPlacementError, place_order
 from tests.unit.fakes import make_order
 
 pytestmark = pytest.mark.unit
@@ -36,14 +36,14 @@ class Draws:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Every ``time.sleep`` the exchange asks for, in seconds, without actually sleeping."""
     recorded: list[float] = []
-    monkeypatch.setattr("orders_api.stock_exchange.time.sleep", recorded.append)
+    monkeypatch.setattr("exchange_simulator.stock_exchange.time.sleep", recorded.append)
     return recorded
 
 
 def draw(monkeypatch: pytest.MonkeyPatch, value: float) -> Draws:
     """Make the exchange's availability draw return ``value``."""
     draws = Draws(value)
-    monkeypatch.setattr("orders_api.stock_exchange.random.random", draws)
+    monkeypatch.setattr("exchange_simulator.stock_exchange.random.random", draws)
     return draws
 
 

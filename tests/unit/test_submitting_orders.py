@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from orders_api.domain import Order, OrderStatus, OrderType, Side
-from orders_api.service_layer.ordering import SubmitOrder, accept_orders, get_order, submit_order
+from orders_api.service_layer.ordering import SubmitOrder, accept_orders, submit_order
 from tests.unit.fakes import T0, FakePlacementRequests, FakeUnitOfWork, make_order
 
 pytestmark = pytest.mark.unit
@@ -104,7 +104,7 @@ def test_an_order_whose_placement_request_failed_cannot_be_looked_up_afterwards(
     with pytest.raises(BrokerUnavailableError):
         submit(uow, FakePlacementRequests(fail_with=BrokerUnavailableError()))
 
-    assert get_order(ORDER_ID, uow) is None
+    assert ORDER_ID not in uow.committed
 
 
 def test_a_failed_commit_is_reraised_after_the_placement_was_requested() -> None:
@@ -132,24 +132,11 @@ def test_leaves_orders_committed_earlier_untouched_when_a_submission_fails() -> 
     assert uow.committed == {earlier.id: earlier}
 
 
-def test_get_order_returns_none_for_an_unknown_id() -> None:
-    uow = FakeUnitOfWork(make_order())
-
-    assert get_order(uuid.uuid4(), uow) is None
-
-
-def test_get_order_returns_the_committed_order_with_its_placement_status() -> None:
-    placed = make_order(status=OrderStatus.PLACED, placed_at=T0, attempts=2)
-    uow = FakeUnitOfWork(placed, make_order())
-
-    assert get_order(placed.id, uow) == placed
-
-
-def test_get_order_finds_an_order_right_after_it_was_submitted() -> None:
+def test_a_submitted_order_is_committed_as_returned() -> None:
     uow = FakeUnitOfWork()
     order = submit(uow, FakePlacementRequests())
 
-    assert get_order(ORDER_ID, uow) == order
+    assert uow.committed[ORDER_ID] == order
 
 
 # Accepting a batch of orders (group commit)

@@ -41,18 +41,45 @@ def test_the_delay_goes_back_to_one_second_once_a_process_has_run_steadily() -> 
     assert backoff.delay_after(ran_for_s=0.5) == 2
 
 
-def _counting_sigterms(record: Path, release: Path) -> str:
-    """A stand-in child that appends a line to ``record`` per SIGTERM and exits once ``release`` exists."""
-    return f"sh -c 'trap \"echo term >> {record}\" TERM; while [ ! -e {release} ]; do sleep 0.05; done'"
+#: The file whose existence lets the stand-ins exit. The ``supervisor`` context creates it on the
+#: way out, so that a failed test leaves none of them running: they ignore SIGTERM until then.
+RELEASE = "release"
+#: Run by ``python -c`` before the supervisor: SIGINT and SIGTERM back at their defaults, then the
+#: supervisor in this process's place. A shell without job control (a script, ``make``) starts a
+#: background command with SIGINT ignored, and the supervisor keeps an ignored stop signal ignored
+#: (as ``nohup`` asks it to), so the tests would depend on how pytest was started. ``sh`` cannot
+#: do this: POSIX lets a non-interactive shell refuse to reset a signal ignored when it started.
+_WITH_DEFAULT_STOP_SIGNALS = """\
+import os, signal, sys
+for stop in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(stop, signal.SIG_DFL)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def _counting_sigterms(tmp_path: Path, name: str) -> str:
+    """A stand-in child that appends a line to ``<name>.terms`` per SIGTERM and exits once released.
+
+    It creates ``<name>.ready`` once its trap is set: a SIGTERM before that would kill it outright.
+    """
+    record, ready, release = tmp_path / f"{name}.terms", tmp_path / f"{name}.ready", tmp_path / RELEASE
+    return (
+        f'sh -c \'trap "echo term >> {record}" TERM; : > {ready}; '
+        f"while [ ! -e {release} ]; do sleep 0.05; done'"
+    )
 
 
 @contextmanager
 def supervisor(tmp_path: Path, *children: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """The supervisor on ``children`` (``NAME COMMAND`` pairs) and its log; stopped on the way out."""
+    """The supervisor on ``children`` (``NAME COMMAND`` pairs) and its log; stopped on the way out.
+
+    It starts with the stop signals at their defaults, however pytest was started; on the way
+    out the stand-ins are released first, so they end even if the supervisor has to be killed.
+    """
     log = tmp_path / "supervise.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, str(SUPERVISOR), *children],
+            [sys.executable, "-c", _WITH_DEFAULT_STOP_SIGNALS, str(SUPERVISOR), *children],
             stdin=subprocess.DEVNULL,
             stderr=output,
             start_new_session=True,
@@ -60,6 +87,7 @@ def supervisor(tmp_path: Path, *children: str) -> Iterator[tuple[subprocess.Pope
         try:
             yield process, log
         finally:
+            (tmp_path / RELEASE).touch()
             # SIGTERM first, so that the supervisor stops its children; SIGKILL if it does not exit.
             if process.poll() is None:
                 process.terminate()
@@ -68,6 +96,15 @@ def supervisor(tmp_path: Path, *children: str) -> Iterator[tuple[subprocess.Pope
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=DEADLINE_S)
+
+
+def wait_for_files(*paths: Path) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not all(path.exists() for path in paths):
+        if time.monotonic() > deadline:
+            missing = [path.name for path in paths if not path.exists()]
+            pytest.fail(f"{missing} not created within {DEADLINE_S:.0f} s")
+        time.sleep(0.05)
 
 
 def wait_for_text(log: Path, text: str, count: int = 1) -> str:
@@ -94,19 +131,19 @@ def test_a_process_that_exits_is_restarted_with_a_line_naming_it_its_status_and_
 def test_a_stop_signal_sends_each_process_one_sigterm_waits_for_them_and_exits_128_plus_its_number(
     tmp_path: Path, stop: signal.Signals, status: int
 ) -> None:
-    one, two, release = tmp_path / "one.terms", tmp_path / "two.terms", tmp_path / "release"
-    children = ("one", _counting_sigterms(one, release), "two", _counting_sigterms(two, release))
+    children = ("one", _counting_sigterms(tmp_path, "one"), "two", _counting_sigterms(tmp_path, "two"))
     with supervisor(tmp_path, *children) as (process, log):
-        wait_for_text(log, "started two")
+        wait_for_files(tmp_path / "one.ready", tmp_path / "two.ready")
         process.send_signal(stop)
         wait_for_text(log, "stopping one, two")
         process.send_signal(stop)  # a second one, while the children are still stopping
         wait_for_text(log, "already stopping: waiting for one, two")
-        release.touch()
+        (tmp_path / RELEASE).touch()
         exit_status = process.wait(timeout=DEADLINE_S)
         content = log.read_text()
     assert exit_status == status, content
-    assert (one.read_text(), two.read_text()) == ("term\n", "term\n")
+    terms = [(tmp_path / f"{name}.terms").read_text() for name in ("one", "two")]
+    assert terms == ["term\n", "term\n"]
     assert re.search(r"one \(pid \d+\) exited with status 0", content), content
 
 

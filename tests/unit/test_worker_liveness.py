@@ -18,7 +18,9 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from workers.liveness import WorkerLiveness, check, heartbeats, liveness_file
+from orders_api.settings.liveness import WorkerLivenessSettings
+from tests.settings_env import settings_under
+from workers.liveness import WorkerLiveness, check, heartbeats
 
 pytestmark = pytest.mark.unit
 
@@ -194,5 +196,6 @@ def test_the_check_command_exits_non_zero_once_the_heartbeat_is_older_than_max_a
 
 
 def test_the_heartbeat_file_defaults_to_the_temporary_directory_and_follows_the_environment() -> None:
-    assert liveness_file({}).name == "orders-worker-alive"
-    assert liveness_file({"WORKER_LIVENESS_FILE": "/somewhere/beat"}) == Path("/somewhere/beat")
+    assert settings_under(WorkerLivenessSettings, {}).worker_liveness_file.name == "orders-worker-alive"
+    configured = settings_under(WorkerLivenessSettings, {"WORKER_LIVENESS_FILE": "/somewhere/beat"})
+    assert configured.worker_liveness_file == Path("/somewhere/beat")

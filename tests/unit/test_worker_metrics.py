@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orders_api.service_layer.ordering import utc_now
+from exchange_simulator.stock_exchange import OrderPlacementError
+from orders_api.clock import utc_now
 from orders_api.service_layer.placement import PlacementOutcome
-from orders_api.stock_exchange import OrderPlacementError
 from workers.metrics import WorkerMetrics
 
 pytestmark = pytest.mark.unit
@@ -56,12 +56,14 @@ def test_retries_dead_letters_and_the_breaker_are_counted(registry: CollectorReg
     metrics.retried("exchange_unavailable")
     metrics.retried("exchange_unavailable")
     metrics.gave_up(OrderPlacementError("down"))
+    metrics.took_over()
     metrics.breaker_changed(True)
 
     assert (
         registry.get_sample_value("orders_placement_retries_total", {"reason": "exchange_unavailable"}) == 2
     )
     assert registry.get_sample_value("orders_dead_letters_total", {"error": "OrderPlacementError"}) == 1
+    assert registry.get_sample_value("orders_claims_taken_over_total") == 1
     assert registry.get_sample_value("orders_exchange_breaker_open") == 1
     metrics.breaker_changed(False)
     assert registry.get_sample_value("orders_exchange_breaker_open") == 0

@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL: engines, repositories, migrations, the lost-commit lookup."""

@@ -1,0 +1,1 @@
+"""Everything that talks to RabbitMQ: connections, the confirmed publisher, queues, policies, dead letters."""

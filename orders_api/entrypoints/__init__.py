@@ -1,1 +1,0 @@
-"""HTTP entrypoint: the Flask app, its routes and its error contract."""
