@@ -147,15 +147,19 @@ class RabbitAdmin:
         A consumer whose channel the statistics do not know yet (``channel_details`` is then an
         empty list, not an object) is left for the caller's next look.
         """
-        consumers: list[dict[str, Any]] = self._request("GET", f"consumers/{self._vhost_path}").json()
         names = {
             consumer["channel_details"]["connection_name"]
-            for consumer in consumers
+            for consumer in self.consumers()
             if consumer["queue"]["name"] == queue and isinstance(consumer["channel_details"], dict)
         }
         for name in names:
             self._request("DELETE", f"connections/{quote(name, safe='')}")
         return len(names)
+
+    def consumers(self) -> list[dict[str, Any]]:
+        """Every consumer of this vhost as the management API lists them (tag, queue, ``active``)."""
+        consumers: list[dict[str, Any]] = self._request("GET", f"consumers/{self._vhost_path}").json()
+        return consumers
 
     def delete_queue(self, name: str) -> None:
         """Delete queue ``name`` and what it holds, as an operator or a lost node would."""

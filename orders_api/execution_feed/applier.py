@@ -11,6 +11,12 @@ and only after its COMMIT acks them all with one ``basic.ack(multiple=True)`` up
 delivery tag. A crash before the ack gets the whole batch redelivered, and the ledger
 (``executions``, unique ``exec_id``) makes the second application a no-op: exactly once.
 
+Several appliers split the partitions between them
+(:mod:`orders_api.execution_feed.partition_assignment`): each registers on every partition queue,
+RabbitMQ keeps one of them active per queue, and every :data:`REBALANCE_INTERVAL_S` each applier
+gives up, after applying and acking the batch in hand, the partitions the assignment gives to
+another. A killed applier's partitions go to a waiting one as soon as its connection closes.
+
 Choices, and why:
 
 - A malformed message or report is logged (whole) and acked: it can never become valid, and
@@ -43,9 +49,12 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,9 +73,20 @@ from orders_api.adapters.postgres.execution_ledger import AppliedBatch
 from orders_api.adapters.rabbitmq.connections import blocking_connection
 from orders_api.adapters.rabbitmq.execution_messages import MalformedMessageError, decode_reports
 from orders_api.adapters.rabbitmq.execution_queues import execution_queue_declarations
+from orders_api.adapters.rabbitmq.management import (
+    ManagementError,
+    RabbitManagement,
+    management_nodes,
+    vhost_of,
+)
 from orders_api.execution_feed.liveness_file import liveness_file_is_fresh
 from orders_api.execution_feed.metrics import ApplierMetrics
 from orders_api.execution_feed.metrics import serve as serve_metrics
+from orders_api.execution_feed.partition_assignment import (
+    consumer_tag,
+    partition_consumers,
+    partitions_to_give_up,
+)
 from orders_api.executions import ExecutionReport, MalformedReportError, report_from_fields
 from orders_api.logging_setup import configure_logging
 from orders_api.settings.applier import ApplierSettings
@@ -89,6 +109,11 @@ MAX_RETRY_DELAY_S = 5.0
 HEARTBEAT_S = 30
 #: Seconds before a heartbeat file counts as stale for ``--check``.
 DEFAULT_MAX_HEARTBEAT_AGE_S = 60.0
+#: Seconds between two readings of who consumes the partitions: about the management API's
+#: statistics interval (5 s by default), which a reading cannot be fresher than.
+REBALANCE_INTERVAL_S = 5.0
+#: Seconds a reading of the consumers may take; the consuming loop waits for it.
+MANAGEMENT_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -115,6 +140,21 @@ class Applier:
         #: Reports the pending deliveries hold.
         self._pending_reports = 0
         self._first_at = 0.0
+        #: This process's name in its consumer tags: unique even when a restarted container
+        #: reuses the host name and the process id of the one before.
+        self.applier_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._queues = [
+            declaration.name
+            for declaration in execution_queue_declarations(
+                settings.execution_queue_prefix, settings.execution_partitions
+            )
+        ]
+        self._management = RabbitManagement(
+            management_nodes(settings.rabbitmq_url, settings.rabbitmq_management_url),
+            vhost_of(settings.rabbitmq_url),
+            timeout_s=MANAGEMENT_TIMEOUT_S,
+        )
+        self._rebalanced_at = 0.0
         #: Reports newly applied since the process started, for the log and the tests.
         self.applied = 0
 
@@ -132,6 +172,7 @@ class Applier:
                 self._pending_reports = 0
                 logger.warning("lost RabbitMQ, reconnecting", extra={"error": str(error)})
                 time.sleep(1.0)
+        self._management.close()
 
     def _consume(self) -> None:
         connection = blocking_connection(
@@ -148,10 +189,17 @@ class Applier:
                 self._settings.execution_queue_prefix, self._settings.execution_partitions
             ):
                 channel.queue_declare(declaration.name, durable=True, arguments=declaration.arguments)
-                channel.basic_consume(declaration.name, self._on_message)
-            logger.info("applier consuming", extra={"partitions": self._settings.execution_partitions})
+            for partition in range(len(self._queues)):
+                self._register(channel, partition)
+            logger.info(
+                "applier consuming",
+                extra={"partitions": len(self._queues), "applier_id": self.applier_id},
+            )
+            self._rebalanced_at = time.monotonic()
             while not self._stopping:
                 self._touch_heartbeat()
+                if time.monotonic() - self._rebalanced_at >= REBALANCE_INTERVAL_S:
+                    self._rebalance(connection, channel)
                 wait = BATCH_WINDOW_S - (time.monotonic() - self._first_at) if self._pending else 0.5
                 connection.process_data_events(time_limit=max(0.0, wait))
                 if self._pending and (
@@ -163,6 +211,37 @@ class Applier:
         finally:
             if connection.is_open:
                 connection.close()
+
+    def _register(self, channel: BlockingChannel, partition: int) -> None:
+        """Consume ``partition``'s queue: active at once if nobody else is, waiting behind them if not."""
+        channel.basic_consume(
+            self._queues[partition], self._on_message, consumer_tag=consumer_tag(self.applier_id, partition)
+        )
+
+    def _rebalance(self, connection: pika.BlockingConnection, channel: BlockingChannel) -> None:
+        """Give up the partitions that belong to another applier, after the batch in hand is acked.
+
+        Without a reading (the management API unreachable) nothing moves: every partition still
+        has one active applier, only the split waits.
+        """
+        self._rebalanced_at = time.monotonic()
+        try:
+            consumers = partition_consumers(self._management.consumers(), self._queues)
+        except (ManagementError, ValueError) as error:
+            logger.warning("cannot read who consumes the partitions", extra={"error": str(error)})
+            return
+        give_up = partitions_to_give_up(self.applier_id, consumers, len(self._queues))
+        active = {c.partition for c in consumers if c.applier == self.applier_id and c.active}
+        self._metrics.partitions_active.set(len(active - set(give_up)))
+        if not give_up:
+            return
+        while self._pending:
+            self._apply_and_ack(connection, channel)
+        for partition in give_up:
+            # Deliveries of this consumer not yet handed to _on_message are nacked back by pika.
+            channel.basic_cancel(consumer_tag(self.applier_id, partition))
+            self._register(channel, partition)
+        logger.info("partitions handed over", extra={"partitions": give_up, "applier_id": self.applier_id})
 
     def _on_message(
         self,

@@ -114,6 +114,12 @@ class ApplierMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.partitions_active = Gauge(
+            "orders_execution_partitions_active",
+            "Partitions this applier is the active consumer of, as last read from the management API"
+            " (the others it waits on).",
+            registry=self.registry,
+        )
         self.lag = Histogram(
             "orders_execution_lag_seconds",
             "Seconds from a report's ts (set by the exchange) to the commit that applied it: how stale"

@@ -42,8 +42,8 @@ FIXED_REPLICAS: dict[str, tuple[int, str]] = {
         "a second ingestor would publish every report twice (the applier drops repeats: wasted work)",
     ),
     "orders-applier": (
-        2,
-        "each partition queue has one active consumer: a second pod is a hot standby, more add nothing",
+        3,
+        "the appliers split the partitions among themselves: past EXECUTION_PARTITIONS a pod only waits",
     ),
 }
 #: Kinds without a namespace.

@@ -28,9 +28,15 @@ from orders_api.adapters.postgres.database import create_engine
 from orders_api.adapters.postgres.execution_batches import apply_batch
 from orders_api.adapters.rabbitmq.confirmed_publisher import OutgoingMessage, QueueDeclaration
 from orders_api.adapters.rabbitmq.execution_messages import encode_reports
-from orders_api.adapters.rabbitmq.execution_queues import execution_queue_declarations, partition_queue
+from orders_api.adapters.rabbitmq.execution_queues import (
+    execution_queue_declarations,
+    partition_of,
+    partition_queue,
+)
+from orders_api.domain import Order
 from orders_api.execution_feed.applier import Applier
 from orders_api.execution_feed.metrics import ApplierMetrics
+from orders_api.execution_feed.partition_assignment import partition_consumers
 from orders_api.executions import ExecutionKind, ExecutionReport
 from orders_api.settings.applier import ApplierSettings
 from orders_api.settings.shared import Settings
@@ -483,3 +489,126 @@ def test_a_batch_the_database_refuses_stays_unacked_and_is_applied_once_the_data
 
 def _queues(settings: ApplierSettings) -> tuple[QueueDeclaration, ...]:
     return execution_queue_declarations(settings.execution_queue_prefix, settings.execution_partitions)
+
+
+def active_appliers(rabbit: RabbitAdmin, settings: ApplierSettings) -> dict[int, list[int]]:
+    """The pids of the appliers the broker shows active on each partition (one each, once settled)."""
+    partitions = range(settings.execution_partitions)
+    queues = [partition_queue(settings.execution_queue_prefix, partition) for partition in partitions]
+    active: dict[int, list[int]] = {partition: [] for partition in partitions}
+    for consumer in partition_consumers(rabbit.consumers(), queues):
+        if consumer.active:
+            _host, pid, _random = consumer.applier.rsplit("-", 2)
+            active[consumer.partition].append(int(pid))
+    return active
+
+
+def split_over(rabbit: RabbitAdmin, settings: ApplierSettings, pids: set[int]) -> dict[int, int] | None:
+    """Partition → pid of its one active applier, once the partitions are split evenly over ``pids``."""
+    active = active_appliers(rabbit, settings)
+    if any(len(appliers) != 1 for appliers in active.values()):
+        return None
+    owners = {partition: appliers[0] for partition, appliers in active.items()}
+    counts = [list(owners.values()).count(pid) for pid in pids]
+    return owners if set(owners.values()) == pids and max(counts) - min(counts) <= 1 else None
+
+
+def test_appliers_split_the_partitions_and_a_killed_ones_go_to_the_others_within_seconds(
+    plain_settings: Settings,
+    applier_settings: ApplierSettings,
+    engine: sa.Engine,
+    rabbit: RabbitAdmin,
+    tmp_path: Path,
+) -> None:
+    """Three appliers: each partition applied by one of them alone; one killed, two take its share."""
+    rng = random.Random(17)
+    log = tmp_path / "appliers.log"
+    ports = [free_port() for _ in range(3)]
+    appliers = [_start_applier(plain_settings, applier_settings, log, metrics_port=port) for port in ports]
+    port_of = {applier.pid: port for applier, port in zip(appliers, ports, strict=True)}
+    try:
+        owners = wait_until(
+            lambda: split_over(rabbit, applier_settings, set(port_of)),
+            DRAIN_TIMEOUT_S,
+            "three appliers to split the partitions",
+            every_s=0.5,
+        )
+        applied = _apply_some(engine, plain_settings, applier_settings, rng, port_of)
+        assert applied == {pid: _reports_sent_to(owners, pid) for pid in port_of}
+        assert split_over(rabbit, applier_settings, set(port_of)) == owners, "the split moved by itself"
+
+        appliers[0].send_signal(signal.SIGKILL)
+        appliers[0].wait(timeout=10)
+        del port_of[appliers[0].pid]
+        # RabbitMQ hands the killed one's partitions on as its connection closes; the management
+        # statistics show it within their interval (5 s).
+        wait_until(
+            lambda: all(
+                len(pids) == 1 and pids[0] in port_of
+                for pids in active_appliers(rabbit, applier_settings).values()
+            ),
+            10.0,
+            "the killed applier's partitions to be active on another",
+            every_s=0.5,
+        )
+        owners = wait_until(
+            lambda: split_over(rabbit, applier_settings, set(port_of)),
+            DRAIN_TIMEOUT_S,
+            "the two survivors to split the partitions",
+            every_s=0.5,
+        )
+        applied = _apply_some(engine, plain_settings, applier_settings, rng, port_of)
+        assert applied == {pid: _reports_sent_to(owners, pid) for pid in port_of}
+        for applier in appliers[1:]:
+            applier.send_signal(signal.SIGTERM)
+            assert applier.wait(timeout=20) == 0, log.read_text()
+    finally:
+        for applier in appliers:
+            applier.kill()
+
+
+#: Orders per partition whose reports :func:`_apply_some` publishes, one report each.
+ORDERS_PER_PARTITION = 25
+
+
+def _reports_sent_to(owners: dict[int, int], pid: int) -> int:
+    """Reports :func:`_apply_some` sends to the partitions that ``owners`` gives to ``pid``."""
+    return ORDERS_PER_PARTITION * list(owners.values()).count(pid)
+
+
+def _apply_some(
+    engine: sa.Engine,
+    settings: Settings,
+    applier_settings: ApplierSettings,
+    rng: random.Random,
+    port_of: dict[int, int],
+) -> dict[int, float]:
+    """Publish one report for each of :data:`ORDERS_PER_PARTITION` new orders per partition, wait
+    until they are applied, and return how many each applier (by pid) applied, from its metrics."""
+    before = {pid: _applied(port) for pid, port in port_of.items()}
+    chosen: dict[int, list[Order]] = {partition: [] for partition in range(PARTITIONS)}
+    while min(len(orders) for orders in chosen.values()) < ORDERS_PER_PARTITION:
+        for order in store_orders(engine, 16):
+            partition = partition_of(order.id, PARTITIONS)
+            if len(chosen[partition]) < ORDERS_PER_PARTITION:
+                chosen[partition].append(order)
+    orders = [order for orders in chosen.values() for order in orders]
+    reports = [story_of(order, rng)[0] for order in orders]
+    resent = publish_reports(
+        settings.rabbitmq_url, applier_settings.execution_queue_prefix, PARTITIONS, reports
+    )
+    assert resent == 0, "the broker refused reports: which applier applied them is no longer known"
+    ids = [order.id for order in orders]
+    wait_until(lambda: count_stored(engine, ids) == len(reports), DRAIN_TIMEOUT_S, "every report applied")
+
+    def applied_since() -> dict[int, float] | None:
+        # Each counter moves just after its applier's commit.
+        applied = {pid: _applied(port) - before[pid] for pid, port in port_of.items()}
+        return applied if sum(applied.values()) >= len(reports) else None
+
+    return wait_until(applied_since, 10.0, "the appliers' counters to add up", every_s=0.2)
+
+
+def _applied(port: int) -> float:
+    """``orders_execution_reports_total{outcome="applied"}`` as an applier's metrics port serves it."""
+    return scrape_port(port).get(("orders_execution_reports_total", frozenset({("outcome", "applied")})), 0.0)

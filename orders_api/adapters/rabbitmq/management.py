@@ -110,6 +110,14 @@ class RabbitManagement:
         """
         return self._get_or_none(f"queues/{self._vhost_path}/{quote(name, safe='')}")
 
+    def consumers(self) -> list[dict[str, Any]]:
+        """Every consumer in the vhost: its queue, its tag, and whether it is the queue's active one.
+
+        The ``active`` flag comes from statistics that lag up to a few seconds.
+        """
+        consumers: list[dict[str, Any]] = self._request("GET", f"consumers/{self._vhost_path}").json()
+        return consumers
+
     def _get_or_none(self, path: str) -> dict[str, Any] | None:
         response = self._request("GET", path, missing_ok=True)
         if response.status_code == requests.codes.not_found:
