@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
@@ -61,6 +64,13 @@ class PlacementBroker(RabbitmqBroker):
     :func:`orders_api.adapters.rabbitmq.placement_queue.queue_declarations`. Its consumers requeue the
     messages whose retry could not be scheduled (:class:`workers.requeue.RequeuingConsumer`).
     Every connection carries the process's ``connection_name``.
+
+    It publishes (retries, answers handed to the courier) and declares over one connection per
+    process, one operation at a time. Dramatiq keeps a publishing connection per thread, which under gevent is
+    per greenlet: up to ``WORKER_THREADS`` connections per process, each opened by its greenlet's
+    first retry (an AMQP handshake, a channel, confirms) and closed by the broker once idle for
+    two heartbeats. A confirmed publish takes about a millisecond, a few per second per greenlet
+    at most, so one connection carries them all.
     """
 
     def __init__(
@@ -72,6 +82,31 @@ class PlacementBroker(RabbitmqBroker):
         nodes = self.parameters if isinstance(self.parameters, list) else [self.parameters]
         for node in nodes:
             node.client_properties = {"connection_name": connection_name(CONNECTION_ROLE)}
+        # Where Dramatiq keeps "this thread's" connection and channel: here, the process's. It
+        # only gets, sets and deletes attributes on it, which any object allows.
+        self.state = SimpleNamespace()  # type: ignore[assignment]
+        # Re-entrant: a middleware's enqueue hook may publish in turn.
+        self._publishing = threading.RLock()
+
+    def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
+        """Dramatiq's enqueue (with its reconnecting retries) on the one publishing connection."""
+        with self._publishing:
+            return super().enqueue(message, delay=delay)
+
+    def declare_queue(self, queue_name: str, *, ensure: bool = False) -> None:
+        """Dramatiq's, on the same connection, which each consumer thread uses as it starts."""
+        with self._publishing:
+            super().declare_queue(queue_name, ensure=ensure)
+
+    def get_queue_message_counts(self, queue_name: str) -> tuple[int, int, int]:
+        """Dramatiq's (for tests), on the same connection."""
+        with self._publishing:
+            return super().get_queue_message_counts(queue_name)
+
+    def flush(self, queue_name: str) -> None:
+        """Dramatiq's (for tests), on the same connection."""
+        with self._publishing:
+            super().flush(queue_name)
 
     @property
     def consumer_class(self) -> type[RequeuingConsumer]:

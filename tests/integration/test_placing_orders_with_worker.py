@@ -82,6 +82,22 @@ def test_unavailable_exchange_is_retried_until_the_order_is_placed(
     assert len(exchange.calls) == 3
 
 
+def test_the_retries_of_every_worker_thread_are_published_over_one_connection(
+    client: FlaskClient,
+    start_worker: StartWorker,
+    database: psycopg2.extensions.connection,
+    exchange_outcomes: Callable[..., None],
+) -> None:
+    """Catches a publishing connection per thread: per greenlet under gevent, hundreds a process."""
+    exchange_outcomes(*[0.95] * 12)  # the first twelve calls refused: every order retried
+    order_ids = [client.post("/orders", json=ORDER).get_json()["id"] for _ in range(12)]
+
+    broker = start_worker(RecordingExchange())
+
+    assert [settled_row(database, order_id)["status"] for order_id in order_ids] == ["placed"] * 12
+    assert len(broker.connections) == 1
+
+
 def test_error_that_retrying_cannot_fix_fails_the_order_and_dead_letters_its_message(
     client: FlaskClient,
     start_worker: StartWorker,
