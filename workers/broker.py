@@ -65,12 +65,12 @@ class PlacementBroker(RabbitmqBroker):
     messages whose retry could not be scheduled (:class:`workers.requeue.RequeuingConsumer`).
     Every connection carries the process's ``connection_name``.
 
-    It publishes (retries, answers handed to the courier) and declares over one connection per
-    process, one operation at a time. Dramatiq keeps a publishing connection per thread, which under gevent is
-    per greenlet: up to ``WORKER_THREADS`` connections per process, each opened by its greenlet's
-    first retry (an AMQP handshake, a channel, confirms) and closed by the broker once idle for
-    two heartbeats. A confirmed publish takes about a millisecond, a few per second per greenlet
-    at most, so one connection carries them all.
+    It publishes (retries, answers handed to the courier) and declares queues over one connection
+    per process, one operation at a time. Dramatiq keeps a publishing connection per thread, which
+    under gevent is per greenlet: up to ``WORKER_THREADS`` connections per process, each opened by
+    its greenlet's first retry (an AMQP handshake, a channel, confirms) and closed by the broker
+    once idle for two heartbeats. A confirmed publish takes about a millisecond, a greenlet needs
+    a few a second at most, so one connection carries them all.
     """
 
     def __init__(
