@@ -527,15 +527,7 @@ def test_appliers_split_the_partitions_and_a_killed_ones_go_to_the_others_within
     appliers = [_start_applier(plain_settings, applier_settings, log, metrics_port=port) for port in ports]
     port_of = {applier.pid: port for applier, port in zip(appliers, ports, strict=True)}
     try:
-        owners = wait_until(
-            lambda: split_over(rabbit, applier_settings, set(port_of)),
-            DRAIN_TIMEOUT_S,
-            "three appliers to split the partitions",
-            every_s=0.5,
-        )
-        applied = _apply_some(engine, plain_settings, applier_settings, rng, port_of)
-        assert applied == {pid: _reports_sent_to(owners, pid) for pid in port_of}
-        assert split_over(rabbit, applier_settings, set(port_of)) == owners, "the split moved by itself"
+        _each_applies_its_own_partitions(engine, plain_settings, applier_settings, rabbit, rng, port_of)
 
         appliers[0].send_signal(signal.SIGKILL)
         appliers[0].wait(timeout=10)
@@ -551,14 +543,7 @@ def test_appliers_split_the_partitions_and_a_killed_ones_go_to_the_others_within
             "the killed applier's partitions to be active on another",
             every_s=0.5,
         )
-        owners = wait_until(
-            lambda: split_over(rabbit, applier_settings, set(port_of)),
-            DRAIN_TIMEOUT_S,
-            "the two survivors to split the partitions",
-            every_s=0.5,
-        )
-        applied = _apply_some(engine, plain_settings, applier_settings, rng, port_of)
-        assert applied == {pid: _reports_sent_to(owners, pid) for pid in port_of}
+        _each_applies_its_own_partitions(engine, plain_settings, applier_settings, rabbit, rng, port_of)
         for applier in appliers[1:]:
             applier.send_signal(signal.SIGTERM)
             assert applier.wait(timeout=20) == 0, log.read_text()
@@ -571,9 +556,25 @@ def test_appliers_split_the_partitions_and_a_killed_ones_go_to_the_others_within
 ORDERS_PER_PARTITION = 25
 
 
-def _reports_sent_to(owners: dict[int, int], pid: int) -> int:
-    """Reports :func:`_apply_some` sends to the partitions that ``owners`` gives to ``pid``."""
-    return ORDERS_PER_PARTITION * list(owners.values()).count(pid)
+def _each_applies_its_own_partitions(
+    engine: sa.Engine,
+    settings: Settings,
+    applier_settings: ApplierSettings,
+    rabbit: RabbitAdmin,
+    rng: random.Random,
+    port_of: dict[int, int],
+) -> None:
+    """Once the appliers (pids of ``port_of``) split the partitions evenly, each applies exactly the
+    reports sent to its own, and the split holds meanwhile."""
+    owners = wait_until(
+        lambda: split_over(rabbit, applier_settings, set(port_of)),
+        DRAIN_TIMEOUT_S,
+        f"{len(port_of)} appliers to split the partitions",
+        every_s=0.5,
+    )
+    applied = _apply_some(engine, settings, applier_settings, rng, port_of)
+    assert applied == {pid: ORDERS_PER_PARTITION * list(owners.values()).count(pid) for pid in port_of}
+    assert split_over(rabbit, applier_settings, set(port_of)) == owners, "the split moved by itself"
 
 
 def _apply_some(
